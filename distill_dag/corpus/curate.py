@@ -1,0 +1,301 @@
+"""Turn loaded rows into the curated query table: clean, dedup, split, decontaminate."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import polars as pl
+
+from distill_dag.corpus.config import CorpusConfig
+from distill_dag.corpus.generator import generate_word_problems
+from distill_dag.corpus.loaders import load_file, quarantine_record
+
+QUERY_SCHEMA: dict[str, Any] = {
+    "query_id": pl.String,
+    "prompt": pl.String,
+    "reference_answer": pl.String,
+    "domain": pl.String,
+    "source": pl.String,
+    "split": pl.String,
+    "difficulty": pl.Int64,
+    "source_file": pl.String,
+    "source_line": pl.Int64,
+}
+QUARANTINE_SCHEMA: dict[str, Any] = {
+    "source_file": pl.String,
+    "line": pl.Int64,
+    "field": pl.String,
+    "reason": pl.String,
+    "raw": pl.String,
+    "stage": pl.String,
+}
+_WORD = re.compile(r"[^\W_]+")  # Unicode letters and digits; numbers are words too
+
+
+class EmptyCorpusError(ValueError):
+    """No training query survived loading and curation."""
+
+
+@dataclass
+class CorpusResult:
+    """The curated queries, everything set aside (with reasons), and counts."""
+
+    queries: pl.DataFrame
+    quarantine: pl.DataFrame
+    stats: dict[str, int]
+
+
+def normalize_text(s: str) -> str:
+    """NFKC, whitespace runs collapsed to one space, stripped."""
+    return " ".join(unicodedata.normalize("NFKC", s).split())
+
+
+def _strip_punct(s: str) -> str:
+    start, end = 0, len(s)
+    while start < end and (s[start].isspace() or unicodedata.category(s[start]).startswith("P")):
+        start += 1
+    while end > start and (
+        s[end - 1].isspace() or unicodedata.category(s[end - 1]).startswith("P")
+    ):
+        end -= 1
+    return s[start:end]
+
+
+def dedup_key(s: str) -> str:
+    """The identity of a prompt: normalized, casefolded, punctuation stripped at both ends."""
+    return _strip_punct(normalize_text(s).casefold())
+
+
+def make_query_id(prompt: str) -> str:
+    """Stable content hash: first 16 hex chars of sha256(dedup_key(prompt))."""
+    return hashlib.sha256(dedup_key(prompt).encode("utf-8")).hexdigest()[:16]
+
+
+def clean_prompt(s: str) -> str:
+    """The prompt as stored and sent to teachers: line endings unified, NFC, stripped.
+
+    Deliberately lighter than `normalize_text`: NFKC would turn "x²" into "x2" and collapsing
+    whitespace would flatten code and tables, changing what the teacher is asked.
+    """
+    return unicodedata.normalize("NFC", s.replace("\r\n", "\n").replace("\r", "\n")).strip()
+
+
+def answer_key(answer: str) -> str:
+    """Comparable form of a reference answer, so "1,234" and "1234.0" agree."""
+    text = normalize_text(answer).casefold().rstrip(".").strip()
+    plain = text.replace(",", "").replace("$", "")
+    try:
+        return format(Decimal(plain).normalize(), "f")
+    except InvalidOperation:
+        return text
+
+
+def eval_bucket(query_id: str) -> float:
+    """Uniform [0, 1) from the query id alone, so a query's split never depends on other rows."""
+    digest = hashlib.sha256(f"distill-dag/eval-split/{query_id}".encode()).hexdigest()
+    return int(digest[:15], 16) / 16**15
+
+
+def word_tokens(s: str) -> list[str]:
+    return _WORD.findall(normalize_text(s).casefold())
+
+
+def ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
+    """Word n-grams; a text shorter than n words is one gram (the whole text)."""
+    if len(tokens) < n:
+        return {tuple(tokens)} if tokens else set()
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
+
+
+def _where(row: dict) -> str:
+    return f"{row.get('source_file') or row['source']}:{row.get('source_line')}"
+
+
+def _setaside(row: dict, field: str | None, reason: str, stage: str) -> dict:
+    record = quarantine_record(
+        row.get("source_file"), row.get("source_line"), field, reason, row["prompt"]
+    )
+    record["stage"] = stage
+    return record
+
+
+def _clean(rows: list[dict], cfg: CorpusConfig, out: list[dict]) -> list[dict]:
+    kept = []
+    for row in rows:
+        row = {**row, "prompt": clean_prompt(row["prompt"])}
+        norm = normalize_text(row["prompt"])
+        if not norm:
+            out.append(_setaside(row, "prompt", "empty prompt after normalization", "clean"))
+        elif len(row["prompt"]) > cfg.max_prompt_chars:
+            size, limit = len(row["prompt"]), cfg.max_prompt_chars
+            reason = f"prompt too long: {size} chars > max_prompt_chars={limit}"
+            out.append(_setaside(row, "prompt", reason, "clean"))
+        elif len(norm) < cfg.min_prompt_chars:
+            reason = (
+                f"prompt too short: {len(norm)} chars < min_prompt_chars={cfg.min_prompt_chars}"
+            )
+            out.append(_setaside(row, "prompt", reason, "clean"))
+        else:
+            row["query_id"] = make_query_id(row["prompt"])
+            row["_key"] = dedup_key(row["prompt"])
+            kept.append(row)
+    return kept
+
+
+def _dedup(rows: list[dict], out: list[dict], stats: Counter) -> list[dict]:
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["_key"], []).append(row)
+    kept = []
+    for group in groups.values():
+        qid = group[0]["query_id"]
+        if len({answer_key(r["reference_answer"]) for r in group}) > 1:
+            listing = ", ".join(f"'{r['reference_answer']}' ({_where(r)})" for r in group[:5])
+            more = f" and {len(group) - 5} more" if len(group) > 5 else ""
+            for r in group:
+                reason = f"conflicting answers for query {qid}: {listing}{more}"
+                out.append(_setaside(r, "reference_answer", reason, "dedup"))
+            stats["conflicts"] += len(group)
+            continue
+        # An eval copy wins: keeping the train copy would leak the eval query into training.
+        keep = next((r for r in group if r.get("split") == "eval"), group[0])
+        kept.append(keep)
+        for r in group:
+            if r is not keep:
+                reason = f"duplicate of query {qid} ({_where(keep)})"
+                out.append(_setaside(r, "prompt", reason, "dedup"))
+                stats["duplicates_removed"] += 1
+    return kept
+
+
+def _assign_splits(
+    rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Counter
+) -> list[dict]:
+    explicit_eval = any(f.split == "eval" for f in cfg.files) or any(
+        r.get("split") == "eval" for r in rows
+    )
+    for row in rows:
+        if row.get("split") is None:
+            # With an explicit eval set, unlabelled rows are training rows.
+            hashed = not explicit_eval and eval_bucket(row["query_id"]) < cfg.eval_fraction
+            row["split"] = "eval" if hashed else "train"
+    evals = sorted(
+        (r for r in rows if r["split"] == "eval"), key=lambda r: eval_bucket(r["query_id"])
+    )
+    if cfg.max_eval is None or len(evals) <= cfg.max_eval:
+        return rows
+    over = {id(r) for r in evals[cfg.max_eval :]}
+    kept = []
+    for row in rows:
+        if id(row) not in over:
+            kept.append(row)
+        elif explicit_eval:
+            # Rows given as eval data (a benchmark's test set) must never become training data.
+            reason = f"held out: eval row beyond max_eval={cfg.max_eval}, kept out of training"
+            out.append(_setaside(row, None, reason, "decontam"))
+            stats["eval_held_out"] += 1
+        else:
+            # Hash-picked overflow was never special; it trains like any other query.
+            row["split"] = "train"
+            kept.append(row)
+    return kept
+
+
+def _decontaminate(rows: list[dict], n: int, out: list[dict], stats: Counter) -> list[dict]:
+    index: dict[tuple[str, ...], str] = {}
+    eval_keys: dict[str, str] = {}
+    for row in rows:
+        if row["split"] == "eval":
+            eval_keys.setdefault(row["_key"], row["query_id"])
+            for gram in ngrams(word_tokens(row["prompt"]), n):
+                index.setdefault(gram, row["query_id"])
+    kept = []
+    for row in rows:
+        if row["split"] != "train":
+            kept.append(row)
+            continue
+        reason = None
+        if row["_key"] in eval_keys:
+            reason = f"eval contamination: same text as eval query {eval_keys[row['_key']]}"
+        else:
+            for gram in sorted(ngrams(word_tokens(row["prompt"]), n)):
+                if gram in index:
+                    what = f"{n}-gram" if len(gram) == n else "whole text"
+                    shared, other = " ".join(gram), index[gram]
+                    reason = f"eval contamination: shares {what} '{shared}' with eval query {other}"
+                    break
+        if reason is None:
+            kept.append(row)
+        else:
+            out.append(_setaside(row, "prompt", reason, "decontam"))
+            stats["contaminated_removed"] += 1
+    return kept
+
+
+def _reason_pattern(reason: str) -> str:
+    # Group reasons that differ only in quoted values, numbers or ids.
+    return re.sub(r"[0-9a-f]{16}|\d+", "N", re.sub(r"'[^']*'", "'…'", reason))
+
+
+def _empty_message(stats: dict[str, int], quarantine: list[dict]) -> str:
+    counts = Counter(_reason_pattern(q["reason"]) for q in quarantine)
+    examples: dict[str, str] = {}
+    for q in quarantine:
+        examples.setdefault(_reason_pattern(q["reason"]), q["reason"])
+    top = "; ".join(f"{c} x {examples[p]}" for p, c in counts.most_common(5)) or "none"
+    return (
+        f"no usable training queries: read {stats['rows_read']} rows, "
+        f"{stats['rows_quarantined']} quarantined, {stats['eval']} in eval. "
+        f"Top quarantine reasons: {top}"
+    )
+
+
+def build_corpus(cfg: CorpusConfig) -> CorpusResult:
+    """Load every source and curate. Raises EmptyCorpusError when no training query remains."""
+    rows: list[dict] = []
+    setaside: list[dict] = []
+    stats: Counter = Counter()
+    gen = cfg.effective_generator()
+    if gen is not None:
+        for i, row in enumerate(generate_word_problems(gen.n, gen.seed, gen.levels), 1):
+            rows.append({**row, "source_file": None, "source_line": i})
+        stats["rows_read"] += gen.n
+    for source in cfg.files:
+        loaded = load_file(source)
+        stats["rows_read"] += loaded.rows_read
+        rows.extend(loaded.rows)
+        setaside.extend({**q, "stage": "load"} for q in loaded.quarantine)
+
+    rows = _clean(rows, cfg, setaside)
+    rows = _dedup(rows, setaside, stats)
+    rows = _assign_splits(rows, cfg, setaside, stats)
+    rows = _decontaminate(rows, cfg.decontam_ngram, setaside, stats)
+
+    queries = pl.DataFrame(
+        [{col: r.get(col) for col in QUERY_SCHEMA} for r in rows], schema=QUERY_SCHEMA
+    ).sort(["split", "query_id"])
+    quarantine = pl.DataFrame(
+        [{col: q.get(col) for col in QUARANTINE_SCHEMA} for q in setaside], schema=QUARANTINE_SCHEMA
+    )
+    result_stats = {
+        key: int(stats[key])
+        for key in (
+            "rows_read",
+            "duplicates_removed",
+            "conflicts",
+            "contaminated_removed",
+            "eval_held_out",
+        )
+    }
+    result_stats["rows_quarantined"] = quarantine.height
+    result_stats["train"] = queries.filter(pl.col("split") == "train").height
+    result_stats["eval"] = queries.filter(pl.col("split") == "eval").height
+    if result_stats["train"] == 0:
+        raise EmptyCorpusError(_empty_message(result_stats, setaside))
+    return CorpusResult(queries=queries, quarantine=quarantine, stats=result_stats)

@@ -1,0 +1,151 @@
+"""Declarations of teachers and the student: model, backend, prompt template, sampling.
+
+Every knob is documented where it is declared and validated on creation, so a bad config fails
+at load time with the config path of the offending field (e.g. ``teachers[1].backend``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+KNOWN_BACKENDS = ("transformers",)  # vllm and openai-compatible arrive with their own issue
+_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names where it is."""
+
+
+def check_keys(cls: type, data: dict[str, Any], where: str) -> None:
+    """Reject keys a config dataclass does not declare, naming the config path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """sha256 of a JSON rendering with sorted keys: the same value hashes the same everywhere."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+@dataclass
+class SamplingConfig:
+    """How a teacher samples. Part of every request key: changing it regenerates."""
+
+    temperature: float = 0.8  # 0 means greedy decoding
+    top_p: float = 1.0  # nucleus sampling mass; 1.0 disables it
+    top_k: int = 0  # keep the k most likely tokens; 0 disables it
+    max_new_tokens: int = 64  # hard cap on completion length (finish_reason "length" when hit)
+    num_samples: int = 2  # k: samples per query (each has its own sample index and key)
+    seed: int = 0  # base seed; each batch's generator is seeded from it and the batch's keys
+    stop: list[str] = field(default_factory=list)  # completion ends before the first stop string
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.temperature <= 5.0:
+            raise ConfigError(f"temperature must be in [0, 5], got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0, got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_samples < 1:
+            raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.temperature == 0 and self.num_samples > 1:
+            raise ConfigError("num_samples > 1 with temperature 0 would repeat one greedy answer")
+
+    def fingerprint(self) -> str:
+        # num_samples is excluded: raising k adds sample indices, it must not invalidate old ones.
+        data = asdict(self)
+        data.pop("num_samples")
+        return stable_hash(data)
+
+
+@dataclass
+class PromptConfig:
+    """How a query becomes model input: chat messages or a plain completion prompt."""
+
+    style: str = "auto"  # "chat" (tokenizer chat template), "plain" (text), "auto": chat if any
+    system: str | None = None  # system prompt (chat) or preamble (plain); None keeps the default
+    instruction: str = "{prompt}"  # user-turn template; {prompt} is the query text
+    few_shot: int = 0  # number of worked exemplars from the generator (never corpus queries)
+    few_shot_seed: int = 1234  # which exemplars
+    exemplars: list[dict[str, str]] = field(default_factory=list)  # explicit {prompt, answer}
+    question_prefix: str = "Question: "  # plain style only
+    answer_prefix: str = "Answer:"  # plain style only
+
+    def __post_init__(self) -> None:
+        if self.style not in ("auto", "chat", "plain"):
+            raise ConfigError(f"style must be auto, chat or plain, got {self.style!r}")
+        if "{prompt}" not in self.instruction:
+            raise ConfigError(f"instruction must contain '{{prompt}}', got {self.instruction!r}")
+        if self.few_shot < 0:
+            raise ConfigError(f"few_shot must be >= 0, got {self.few_shot}")
+        for i, ex in enumerate(self.exemplars):
+            if not isinstance(ex, dict) or set(ex) != {"prompt", "answer"}:
+                raise ConfigError(f"exemplars[{i}] must be a mapping with keys prompt and answer")
+
+
+@dataclass
+class TeacherConfig:
+    """One teacher: (model, backend, prompt template, sampling). One Dagster partition each."""
+
+    name: str  # partition key; letters, digits, _ . -
+    model: str  # model reference (see distill_dag.models.resolve_model)
+    backend: str = "transformers"  # one of KNOWN_BACKENDS
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    batch_size: int = 32  # prompts per generate() call; larger is faster until memory runs out
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name or ""):
+            raise ConfigError(f"name {self.name!r} must match {_NAME_RE.pattern}")
+        if self.backend not in KNOWN_BACKENDS:
+            raise ConfigError(
+                f"unknown backend {self.backend!r} for teacher {self.name!r}; "
+                f"known backends: {', '.join(KNOWN_BACKENDS)}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> TeacherConfig:
+        check_keys(cls, data, where)
+        data = dict(data)
+        try:
+            prompt = data.pop("prompt", {}) or {}
+            check_keys(PromptConfig, prompt, f"{where}.prompt")
+            sampling = data.pop("sampling", {}) or {}
+            check_keys(SamplingConfig, sampling, f"{where}.sampling")
+            return cls(prompt=PromptConfig(**prompt), sampling=SamplingConfig(**sampling), **data)
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+
+
+@dataclass
+class StudentConfig:
+    """The student: what is distilled into; scored zero-shot, in the prompt it will train on."""
+
+    model: str = "pkg:smollm2-135m-instruct"
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(style="chat"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> StudentConfig:
+        check_keys(cls, data, where)
+        data = dict(data)
+        try:
+            prompt = data.pop("prompt", {}) or {}
+            check_keys(PromptConfig, prompt, f"{where}.prompt")
+            if prompt.get("few_shot") or prompt.get("exemplars"):
+                raise ConfigError("the student prompt is zero-shot: few_shot/exemplars not allowed")
+            return cls(prompt=PromptConfig(**{"style": "chat", **prompt}), **data)
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"{where}: {exc}") from exc

@@ -1,0 +1,119 @@
+"""Generate a teacher's k samples per training query, memoized per request, then verify them.
+
+Each request's result is appended to the store as soon as its batch completes, keyed by the
+request key; a rerun (or a resume after a crash) generates only the keys that are missing.
+Verification runs on every current row on each materialization: it is cheap, and re-running it
+means a new verifier version re-verifies without regenerating anything.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import polars as pl
+
+from distill_dag.generation.backend import GenerationBackend, GenerationRequest, request_key
+from distill_dag.generation.config import TeacherConfig
+from distill_dag.store import Store
+
+GENERATIONS = "generations"  # chunk kind in the store
+
+
+@dataclass
+class GenerationSummary:
+    outputs: pl.DataFrame  # one row per (query, sample index) for the current config
+    requests: int  # requests the current config asks for
+    generated: int  # requests generated in this call (the rest came from the store)
+    tokens_generated: int  # completion tokens generated in this call
+    seconds: float  # wall time of generation in this call
+
+
+def build_requests(backend: GenerationBackend, teacher: TeacherConfig, queries: pl.DataFrame
+                   ) -> list[GenerationRequest]:
+    sampling_fp = teacher.sampling.fingerprint()
+    requests = []
+    for query_id, prompt in zip(queries["query_id"], queries["prompt"], strict=True):
+        text = backend.render(prompt)
+        for index in range(teacher.sampling.num_samples):
+            key = request_key(backend.model_fingerprint, backend.name, text, sampling_fp, index)
+            requests.append(GenerationRequest(key, query_id, index, text))
+    return requests
+
+
+def _results_frame(teacher: str, fingerprint: str, results) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "request_key": [r.key for r in results],
+            "teacher": [teacher] * len(results),
+            "model_fingerprint": [fingerprint] * len(results),
+            "query_id": [r.query_id for r in results],
+            "sample_index": [r.sample_index for r in results],
+            "response": [r.text for r in results],
+            "token_ids": [r.token_ids for r in results],
+            "token_logprobs": [r.token_logprobs for r in results],
+            "token_starts": [r.token_starts for r in results],
+            "prompt_tokens": [r.prompt_tokens for r in results],
+            "completion_tokens": [r.completion_tokens for r in results],
+            "finish_reason": [r.finish_reason for r in results],
+            "latency_s": [r.latency_s for r in results],
+            "generated_at": [time.time()] * len(results),
+        },
+        schema_overrides={"token_ids": pl.List(pl.Int64), "token_logprobs": pl.List(pl.Float64),
+                          "token_starts": pl.List(pl.Int64)},
+    )
+
+
+def generate_teacher_outputs(
+    teacher: TeacherConfig,
+    queries: pl.DataFrame,
+    store: Store,
+    backend: GenerationBackend | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    show_progress: bool = True,
+) -> GenerationSummary:
+    """Make sure every (query, sample index) of `queries` has a stored sample; return them all."""
+    from tqdm.auto import tqdm
+
+    from distill_dag.generation.backend import make_backend
+
+    backend = backend or make_backend(teacher, device=device, dtype=dtype)
+    requests = build_requests(backend, teacher, queries)
+    stored = store.read_chunks(GENERATIONS, teacher.name, key="request_key")
+    done = set(stored["request_key"]) if stored is not None else set()
+    missing = [r for r in requests if r.key not in done]
+
+    generated = tokens = 0
+    started = time.perf_counter()
+    if missing:
+        with tqdm(total=len(missing), desc=f"teacher {teacher.name}: generate", unit="sample",
+                  disable=not show_progress) as bar:
+            for batch in backend.generate(missing, progress=bar.update):
+                store.append_chunk(GENERATIONS, teacher.name,
+                                   _results_frame(teacher.name, backend.model_fingerprint, batch))
+                generated += len(batch)
+                tokens += sum(r.completion_tokens for r in batch)
+                bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.0f}")
+    seconds = time.perf_counter() - started
+
+    stored = store.read_chunks(GENERATIONS, teacher.name, key="request_key")
+    wanted = pl.DataFrame({"request_key": [r.key for r in requests]})
+    outputs = wanted.join(stored, on="request_key", how="inner")
+    return GenerationSummary(outputs, len(requests), generated, tokens, seconds)
+
+
+def verify_outputs(outputs: pl.DataFrame, queries: pl.DataFrame) -> pl.DataFrame:
+    """Add the verdict columns (extracted answer, correct, reason, verifier version)."""
+    from distill_dag.verify import VERIFIER_VERSION, verify_answer
+
+    joined = outputs.join(queries.select("query_id", "reference_answer"), on="query_id",
+                          how="left")
+    verdicts = [verify_answer(resp, ref) for resp, ref in
+                zip(joined["response"], joined["reference_answer"], strict=True)]
+    return joined.with_columns(
+        pl.Series("extracted_answer", [v.extracted for v in verdicts], dtype=pl.Utf8),
+        pl.Series("correct", [v.correct for v in verdicts], dtype=pl.Boolean),
+        pl.Series("verdict", [v.reason for v in verdicts], dtype=pl.Utf8),
+        pl.lit(VERIFIER_VERSION).alias("verifier_version"),
+    ).sort("query_id", "sample_index")

