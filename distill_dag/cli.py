@@ -1,0 +1,81 @@
+"""The `distill-dag` command: run the whole DAG (the main job), or prepare the models.
+
+`dagster asset materialize -m distill_dag.definitions --select X [--partition T]` runs one step;
+this command runs every asset and every teacher partition in order, in-process, recording the
+runs in the Dagster instance so `dagster dev` shows them afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _materialize(args: argparse.Namespace) -> int:
+    from distill_dag.definitions import build_definitions, dagster_instance, materialize_all
+    from distill_dag.store import Store
+
+    home = os.path.abspath(args.home)
+    started = time.perf_counter()
+    defs = build_definitions(args.config, home=home, device=args.device, dtype=args.dtype,
+                             show_progress=not args.no_progress)
+    instance = dagster_instance(home)
+    materialize_all(defs, instance, teachers=args.teacher or None)
+    elapsed = time.perf_counter() - started
+
+    store = Store(os.path.join(home, "store"))
+    metrics = store.read_table("teacher_metrics")
+    dataset = store.query("SELECT count(*) AS n FROM filtered_dataset")["n"][0]
+    cols = ["rank", "teacher", "chosen", "pass_rate", "yield_per_query", "length_mean",
+            "student_ppl_correct", "mean_d_ts", "teacher_sentence_fraction", "tokens_generated",
+            "seconds"]
+    print(f"\nAll assets materialized in {elapsed:.0f} s.\n")
+    print("Teacher selection:")
+    with __import__("polars").Config(tbl_rows=20, tbl_cols=20, tbl_width_chars=200,
+                                     float_precision=3):
+        print(metrics.select([c for c in cols if c in metrics.columns]))
+    print(f"\nfiltered_dataset: {dataset} training records under "
+          f"{os.path.join(home, 'artifacts', 'filtered_dataset')}")
+    print(f"Store (DuckDB): {store.catalog_path}")
+    print(f"Web UI: DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
+          ".venv/bin/dagster dev -w workspace.yaml")
+    return 0
+
+
+def _prepare_models(args: argparse.Namespace) -> int:
+    from distill_dag.config import load_project_config
+    from distill_dag.models import resolve_model
+
+    project = load_project_config(args.config)
+    refs = sorted({project.student.model, *(t.model for t in project.teachers)})
+    for ref in refs:
+        started = time.perf_counter()
+        resolved = resolve_model(ref)
+        print(f"{ref}: {resolved.hf_dir} ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="distill-dag", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("materialize", help="materialize every asset and teacher partition")
+    run.add_argument("--config", help="project config (default: $DISTILL_DAG_CONFIG or the "
+                                      "embedded default)")
+    run.add_argument("--home", default=os.environ.get("DISTILL_DAG_HOME", "var"),
+                     help="run-time state: store, artifacts, Dagster instance (default: ./var)")
+    run.add_argument("--teacher", action="append", help="only these teacher partitions")
+    run.add_argument("--device", help="auto | cpu | cuda (default: auto)")
+    run.add_argument("--dtype", help="auto | bf16 | fp32 (default: auto)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.set_defaults(func=_materialize)
+    models = sub.add_parser("prepare-models", help="resolve and convert the configured models")
+    models.add_argument("--config")
+    models.set_defaults(func=_prepare_models)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The project config: one YAML file that declares the corpus, teachers, student and stage knobs.
+
+The file is read when the code location loads (teachers become Dagster partitions), from
+``$DISTILL_DAG_CONFIG`` or the packaged embedded default (``distill_dag/configs/default.yaml``).
+Every error names the file and the config path of the offending field.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill_dag.corpus.config import CorpusConfig
+from distill_dag.filtering import FilterConfig
+from distill_dag.generation.config import (
+    ConfigError,
+    StudentConfig,
+    TeacherConfig,
+    check_keys,
+    stable_hash,
+)
+from distill_dag.provenance.categories import ProvenanceConfig
+from distill_dag.selection import RankingRule
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+@dataclass
+class ProjectConfig:
+    """Everything a run of the DAG is about; see configs/default.yaml for a commented example."""
+
+    teachers: list[TeacherConfig]  # one Dagster partition each; at least one
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
+    selection: RankingRule = field(default_factory=RankingRule)
+    filtering: FilterConfig = field(default_factory=FilterConfig)
+    source: str = "<dict>"  # where this config was read from (for messages)
+
+    def __post_init__(self) -> None:
+        if not self.teachers:
+            raise ConfigError(f"{self.source}: teachers: declare at least one teacher")
+        names = [t.name for t in self.teachers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ConfigError(f"{self.source}: teachers: duplicate teacher name(s) {duplicates}")
+
+    def teacher(self, name: str) -> TeacherConfig:
+        for teacher in self.teachers:
+            if teacher.name == name:
+                return teacher
+        raise KeyError(f"no teacher {name!r} in {self.source}; known: "
+                       + ", ".join(t.name for t in self.teachers))
+
+    def section_hash(self, *names: str) -> str:
+        """A hash of config sections: part of a stage's code_version, so editing them shows it
+        as changed in Dagster."""
+        return stable_hash({n: _plain(getattr(self, n)) for n in names}, length=8)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> ProjectConfig:
+        try:
+            check_keys(cls, data, "config")
+            if "source" in data:
+                raise ConfigError("config: 'source' is set by the loader, not the file")
+            teachers = data.get("teachers") or []
+            if not isinstance(teachers, list):
+                raise ConfigError("teachers: expected a list of teachers")
+            return cls(
+                teachers=[TeacherConfig.from_dict(t, f"teachers[{i}]")
+                          for i, t in enumerate(teachers)],
+                corpus=CorpusConfig.from_dict(data.get("corpus") or {}, "corpus"),
+                student=StudentConfig.from_dict(data.get("student") or {}, "student"),
+                provenance=ProvenanceConfig.from_dict(data.get("provenance") or {}, "provenance"),
+                selection=RankingRule.from_dict(data.get("selection") or {}, "selection"),
+                filtering=FilterConfig.from_dict(data.get("filtering") or {}, "filtering"),
+                source=source,
+            )
+        except (ValueError, TypeError) as exc:
+            if str(exc).startswith(source):
+                raise
+            raise ConfigError(f"{source}: {exc}") from exc
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_path() -> Path:
+    return Path(os.environ.get("DISTILL_DAG_CONFIG") or DEFAULT_CONFIG).expanduser()
+
+
+def load_project_config(path: str | Path | None = None) -> ProjectConfig:
+    """Read and validate a project config file (default: $DISTILL_DAG_CONFIG or the embedded)."""
+    path = Path(path).expanduser() if path else config_path()
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist (set DISTILL_DAG_CONFIG)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    # Relative corpus file paths are relative to the config file, not the working directory.
+    for entry in (data.get("corpus") or {}).get("files") or []:
+        if isinstance(entry, dict) and "path" in entry and not Path(entry["path"]).is_absolute():
+            entry["path"] = str((path.parent / entry["path"]).resolve())
+    return ProjectConfig.from_dict(data, source=str(path))

@@ -1,0 +1,71 @@
+"""The Dagster code location: the one module in distill_dag/ that imports Dagster.
+
+`dagster dev -w workspace.yaml` and `dagster asset materialize -m distill_dag.definitions` both
+load `defs` from here. The project config ($DISTILL_DAG_CONFIG or the embedded default) is read
+at load time because its teachers are the partitions of the teacher assets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from assets import build_assets
+from distill_dag.config import config_path, load_project_config
+from resources import ProjectResource, RuntimeResource, StoreResource
+from resources.project import default_home
+
+
+def build_definitions(config: str | Path | None = None, home: str | None = None,
+                      device: str | None = None, dtype: str | None = None,
+                      show_progress: bool = True) -> dg.Definitions:
+    path = Path(config) if config else config_path()
+    project = load_project_config(path)
+    return dg.Definitions(
+        assets=build_assets(project),
+        resources={
+            "project": ProjectResource(config_path=str(path.resolve())),
+            "store": StoreResource(home=os.path.abspath(home or default_home())),
+            "runtime": RuntimeResource(device=device or os.environ.get("DISTILL_DAG_DEVICE",
+                                                                       "auto"),
+                                       dtype=dtype or os.environ.get("DISTILL_DAG_DTYPE", "auto"),
+                                       show_progress=show_progress),
+        },
+    )
+
+
+defs = build_definitions()
+
+
+def materialize_all(definitions: dg.Definitions, instance: dg.DagsterInstance,
+                    teachers: list[str] | None = None) -> list[dg.ExecuteInProcessResult]:
+    """Materialize the whole DAG in dependency order: the corpus, each teacher partition
+    (generation, then provenance), then selection and the dataset. Raises on the first failure.
+
+    One run per step group, because a Dagster run covers one partition of the partitioned
+    assets; runs are recorded in `instance`, so the web UI shows them."""
+    assets = list(definitions.assets or [])
+    resources = dict(definitions.resources or {})
+    project = resources["project"].load()
+    names = teachers or [t.name for t in project.teachers]
+    for name in names:
+        project.teacher(name)  # a clear KeyError for an unknown teacher before any work
+    plan: list[tuple[list[str], str | None]] = [(["query_corpus"], None)]
+    plan += [(["teacher_outputs", "provenance_scores"], name) for name in names]
+    plan += [(["teacher_selection", "filtered_dataset"], None)]
+    results = []
+    for selection, partition in plan:
+        results.append(dg.materialize(assets, selection=selection, partition_key=partition,
+                                      instance=instance, resources=resources,
+                                      tags={"distill_dag/launched_by": "distill-dag materialize"}))
+    return results
+
+
+def dagster_instance(home: str) -> dg.DagsterInstance:
+    """The persistent instance under $DAGSTER_HOME (default: <home>/dagster)."""
+    dagster_home = os.environ.setdefault("DAGSTER_HOME", os.path.abspath(
+        os.path.join(home, "dagster")))
+    os.makedirs(dagster_home, exist_ok=True)
+    return dg.DagsterInstance.get()
