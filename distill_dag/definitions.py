@@ -68,4 +68,8 @@ def dagster_instance(home: str) -> dg.DagsterInstance:
     dagster_home = os.environ.setdefault("DAGSTER_HOME", os.path.abspath(
         os.path.join(home, "dagster")))
     os.makedirs(dagster_home, exist_ok=True)
+    settings = os.path.join(dagster_home, "dagster.yaml")
+    if not os.path.exists(settings):  # no network here: no telemetry, no first-run banner
+        with open(settings, "w") as handle:
+            handle.write("telemetry:\n  enabled: false\n")
     return dg.DagsterInstance.get()

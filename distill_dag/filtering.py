@@ -70,7 +70,7 @@ def _messages(student_prompt: PromptConfig, query: str, response: str) -> list[d
 def _rank_expr(selection: str, seed: int) -> list[pl.Expr]:
     by_length = [pl.col("completion_tokens"), pl.col("request_key")]
     if selection == "teacher_count":
-        return [-pl.col("n_teacher"), *by_length]
+        return [-pl.col("n_teacher").cast(pl.Int64), *by_length]
     if selection == "teacher_fraction":
         return [-pl.col("teacher_fraction"), *by_length]
     if selection == "shortest":

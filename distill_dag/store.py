@@ -100,11 +100,11 @@ class Store:
                     "asset that writes it first"
                 )
             sql = f'SELECT * FROM "{name}"' + (f" WHERE {where}" if where else "")
-            return pl.from_arrow(conn.execute(sql, params or []).to_arrow_table())
+            return pl.from_arrow(conn.sql(sql, params=params or None).to_arrow_table())
 
     def query(self, sql: str, params: list | None = None) -> pl.DataFrame:
         with self.connect() as conn:
-            return pl.from_arrow(conn.execute(sql, params or []).to_arrow_table())
+            return pl.from_arrow(conn.sql(sql, params=params or None).to_arrow_table())
 
     # -- streamed chunks (Parquet) ---------------------------------------------------------------
     def chunk_dir(self, kind: str, name: str) -> Path:
@@ -135,10 +135,10 @@ class Store:
 
 
 def _exists(conn, name: str) -> bool:
-    row = conn.execute(
+    rows = conn.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchone()
-    return bool(row and row[0])
+    ).fetchall()
+    return bool(rows and rows[0][0])
 
 
 def _columns(conn, name: str) -> list[str]:

@@ -23,7 +23,7 @@ _TIMEOUT_S = 5
 # expressions; boxed content inside the candidate wins over anything else.
 _EXTRACTION_CONFIG = (LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig())
 
-Reason = Literal["correct", "wrong", "no_answer", "unparseable_reference"]
+Reason = Literal["correct", "wrong", "no_answer", "unparseable_reference", "truncated"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ class Verdict:
     """The answer string taken from the response, or None when none was found."""
     reason: Reason
     """One of: correct, wrong, no_answer (extraction failed), unparseable_reference (the
-    reference is empty once normalized)."""
+    reference is empty once normalized), truncated (set by callers for a response cut at its
+    token limit: it never stated an answer)."""
 
 
 # A number: optional sign (not after a word char, so "3-4" yields 4, not -4), thousands groups or

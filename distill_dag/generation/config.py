@@ -78,6 +78,7 @@ class PromptConfig:
     instruction: str = "{prompt}"  # user-turn template; {prompt} is the query text
     few_shot: int = 0  # number of worked exemplars from the generator (never corpus queries)
     few_shot_seed: int = 1234  # which exemplars
+    few_shot_levels: list[int] = field(default_factory=lambda: [1, 2])  # their step counts
     exemplars: list[dict[str, str]] = field(default_factory=list)  # explicit {prompt, answer}
     question_prefix: str = "Question: "  # plain style only
     answer_prefix: str = "Answer:"  # plain style only
@@ -87,6 +88,9 @@ class PromptConfig:
             raise ConfigError(f"style must be auto, chat or plain, got {self.style!r}")
         if "{prompt}" not in self.instruction:
             raise ConfigError(f"instruction must contain '{{prompt}}', got {self.instruction!r}")
+        if not self.few_shot_levels or any(lv not in (1, 2, 3) for lv in self.few_shot_levels):
+            raise ConfigError(f"few_shot_levels must be a non-empty list of 1, 2, 3; "
+                              f"got {self.few_shot_levels}")
         if self.few_shot < 0:
             raise ConfigError(f"few_shot must be >= 0, got {self.few_shot}")
         for i, ex in enumerate(self.exemplars):

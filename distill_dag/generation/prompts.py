@@ -13,17 +13,20 @@ from distill_dag.generation.config import ConfigError, PromptConfig
 
 
 @functools.lru_cache(maxsize=64)
-def _generated_exemplars(k: int, seed: int) -> tuple[tuple[str, str], ...]:
+def _generated_exemplars(k: int, seed: int, levels: tuple[int, ...]
+                         ) -> tuple[tuple[str, str], ...]:
     from distill_dag.corpus.generator import few_shot_exemplars
 
-    return tuple((ex["prompt"], ex["worked_solution"]) for ex in few_shot_exemplars(k, seed))
+    return tuple((ex["prompt"], ex["worked_solution"])
+                 for ex in few_shot_exemplars(k, seed, levels=levels))
 
 
 def exemplars_for(cfg: PromptConfig) -> list[tuple[str, str]]:
     """Explicit exemplars first, then generated ones; pairs of (question, worked answer)."""
     pairs = [(ex["prompt"], ex["answer"]) for ex in cfg.exemplars]
     if cfg.few_shot:
-        pairs.extend(_generated_exemplars(cfg.few_shot, cfg.few_shot_seed))
+        pairs.extend(_generated_exemplars(cfg.few_shot, cfg.few_shot_seed,
+                                          tuple(cfg.few_shot_levels)))
     return pairs
 
 

@@ -105,12 +105,17 @@ def generate_teacher_outputs(
 
 def verify_outputs(outputs: pl.DataFrame, queries: pl.DataFrame) -> pl.DataFrame:
     """Add the verdict columns (extracted answer, correct, reason, verifier version)."""
-    from distill_dag.verify import VERIFIER_VERSION, verify_answer
+    from distill_dag.verify import VERIFIER_VERSION, Verdict, verify_answer
 
     joined = outputs.join(queries.select("query_id", "reference_answer"), on="query_id",
                           how="left")
     verdicts = [verify_answer(resp, ref) for resp, ref in
                 zip(joined["response"], joined["reference_answer"], strict=True)]
+    # A response cut at max_new_tokens never stated its answer: whatever number it ended on is
+    # not one, so it is not counted correct (it is kept, marked "truncated").
+    truncated = (joined["finish_reason"] == "length").to_list()
+    verdicts = [Verdict(False, v.extracted, "truncated") if cut else v
+                for v, cut in zip(verdicts, truncated, strict=True)]
     return joined.with_columns(
         pl.Series("extracted_answer", [v.extracted for v in verdicts], dtype=pl.Utf8),
         pl.Series("correct", [v.correct for v in verdicts], dtype=pl.Boolean),
