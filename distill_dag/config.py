@@ -110,7 +110,12 @@ def load_project_config(path: str | Path | None = None) -> ProjectConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     # Relative corpus file paths are relative to the config file, not the working directory.
-    for entry in (data.get("corpus") or {}).get("files") or []:
-        if isinstance(entry, dict) and "path" in entry and not Path(entry["path"]).is_absolute():
-            entry["path"] = str((path.parent / entry["path"]).resolve())
+    corpus = data.get("corpus") or {}
+    files = corpus.get("files") if isinstance(corpus, dict) else None
+    for entry in files if isinstance(files, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+            file_path = Path(entry["path"]).expanduser()
+            if not file_path.is_absolute():
+                file_path = (path.parent / file_path).resolve()
+            entry["path"] = str(file_path)
     return ProjectConfig.from_dict(data, source=str(path))

@@ -97,7 +97,7 @@ def filter_dataset(
 
     pool = samples.filter(pl.col("teacher").is_in(chosen_teachers))
     removed["other_teachers"] = samples.height - pool.height
-    train_ids = queries.filter(pl.col("split") == "train")["query_id"]
+    train_ids = queries.filter(pl.col("split") == "train")["query_id"].to_list()
     pool = drop(pool, pl.col("query_id").is_in(train_ids), "not_a_training_query")
     negatives = pool.filter(~pl.col("correct").fill_null(False))
     pool = drop(pool, pl.col("correct").fill_null(False), "incorrect")

@@ -16,6 +16,7 @@ processes. So:
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,7 +49,7 @@ class Store:
         except Timeout as exc:
             raise StoreLockedError(
                 f"the store catalog {self.catalog_path} is locked by another process for more than "
-                f"{self.lock_timeout:.0f} s; nothing was written. Retry when that run finishes."
+                f"{self.lock_timeout:g} s; nothing was written. Retry when that run finishes."
             ) from exc
         try:
             conn = duckdb.connect(str(self.catalog_path))
@@ -83,7 +84,8 @@ class Store:
                 else:  # the schema changed with the code: keep other partitions, align by name
                     conn.execute(
                         f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM "{name}" '
-                        f'WHERE "{column}" <> ? UNION ALL BY NAME SELECT * FROM incoming',
+                        f'WHERE "{column}" IS DISTINCT FROM ? '
+                        "UNION ALL BY NAME SELECT * FROM incoming",
                         [value],
                     )
                 conn.execute("COMMIT")
@@ -114,7 +116,9 @@ class Store:
         """Write one batch atomically: it is either fully there after a crash or not at all."""
         folder = self.chunk_dir(kind, name)
         folder.mkdir(parents=True, exist_ok=True)
-        final = folder / f"{uuid.uuid4().hex}.parquet"
+        # Names sort in write order (a nanosecond clock, then a random tie-breaker), so "first
+        # written wins" does not depend on file-system mtimes surviving a copy.
+        final = folder / f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = folder / f".{final.name}.tmp"
         frame.write_parquet(tmp)
         with open(tmp, "rb") as handle:  # make the bytes durable before the name is
@@ -125,8 +129,7 @@ class Store:
     def read_chunks(self, kind: str, name: str, key: str) -> pl.DataFrame | None:
         """All rows of a chunk folder, one per key (the first written wins), or None if empty."""
         folder = self.chunk_dir(kind, name)
-        files = sorted(folder.glob("*.parquet"), key=lambda f: (f.stat().st_mtime_ns, f.name)) \
-            if folder.exists() else []
+        files = sorted(folder.glob("*.parquet")) if folder.exists() else []
         if not files:
             return None
         frames = [pl.read_parquet(f) for f in files]

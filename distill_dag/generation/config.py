@@ -30,6 +30,15 @@ def check_keys(cls: type, data: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
 
 
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    """Construct a config dataclass, prefixing any error with its config path."""
+    check_keys(cls, data, where)
+    try:
+        return cls(**data)
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
 def stable_hash(obj: Any, length: int = 16) -> str:
     """sha256 of a JSON rendering with sorted keys: the same value hashes the same everywhere."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
@@ -49,6 +58,16 @@ class SamplingConfig:
     stop: list[str] = field(default_factory=list)  # completion ends before the first stop string
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_p"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+        for name in ("top_k", "max_new_tokens", "num_samples", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ConfigError(f"stop must be a list of non-empty strings, got {self.stop!r}")
         if not 0.0 <= self.temperature <= 5.0:
             raise ConfigError(f"temperature must be in [0, 5], got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
@@ -124,12 +143,10 @@ class TeacherConfig:
     def from_dict(cls, data: dict[str, Any], where: str) -> TeacherConfig:
         check_keys(cls, data, where)
         data = dict(data)
+        prompt = _build(PromptConfig, data.pop("prompt", {}) or {}, f"{where}.prompt")
+        sampling = _build(SamplingConfig, data.pop("sampling", {}) or {}, f"{where}.sampling")
         try:
-            prompt = data.pop("prompt", {}) or {}
-            check_keys(PromptConfig, prompt, f"{where}.prompt")
-            sampling = data.pop("sampling", {}) or {}
-            check_keys(SamplingConfig, sampling, f"{where}.sampling")
-            return cls(prompt=PromptConfig(**prompt), sampling=SamplingConfig(**sampling), **data)
+            return cls(prompt=prompt, sampling=sampling, **data)
         except (ConfigError, TypeError) as exc:
             raise ConfigError(f"{where}: {exc}") from exc
 
@@ -145,11 +162,13 @@ class StudentConfig:
     def from_dict(cls, data: dict[str, Any], where: str) -> StudentConfig:
         check_keys(cls, data, where)
         data = dict(data)
+        prompt = data.pop("prompt", {}) or {}
+        if isinstance(prompt, dict) and (prompt.get("few_shot") or prompt.get("exemplars")):
+            raise ConfigError(f"{where}.prompt: the student prompt is zero-shot: few_shot and "
+                              "exemplars are not allowed")
+        prompt_cfg = _build(PromptConfig, {"style": "chat", **prompt} if isinstance(prompt, dict)
+                            else prompt, f"{where}.prompt")
         try:
-            prompt = data.pop("prompt", {}) or {}
-            check_keys(PromptConfig, prompt, f"{where}.prompt")
-            if prompt.get("few_shot") or prompt.get("exemplars"):
-                raise ConfigError("the student prompt is zero-shot: few_shot/exemplars not allowed")
-            return cls(prompt=PromptConfig(**{"style": "chat", **prompt}), **data)
+            return cls(prompt=prompt_cfg, **data)
         except (ConfigError, TypeError) as exc:
             raise ConfigError(f"{where}: {exc}") from exc

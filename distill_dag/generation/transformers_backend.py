@@ -1,7 +1,11 @@
 """Batched sampling with Hugging Face transformers, keeping each token's raw log-probability.
 
-Throughput comes from three things: left padding (every row's next token sits at the last
-position), length-sorted batches (little padding), and one ``model.generate`` call per batch.
+Throughput comes from four things: left padding (every row's next token sits at the last
+position), length-sorted batches (little padding), one ``model.generate`` call per batch, and
+shared-prefix reuse: the tokens every prompt of a teacher shares (system prompt, few-shot
+exemplars) are encoded once into a KV cache that each batch copies, so only each question is
+prefilled. Rows are laid out as [prefix | pad | question]; the attention mask hides the pad and
+position ids follow the mask, so each row computes what it would alone.
 Log-probs are recorded by a logits processor that runs before the sampling warpers, so it sees
 the raw distribution (temperature 1), which is what provenance compares across models; it keeps
 only one step of log-probs alive (batch x vocab), unlike ``output_logits`` which keeps them all.
@@ -21,6 +25,8 @@ from distill_dag.generation.backend import (
 from distill_dag.generation.config import TeacherConfig
 from distill_dag.generation.prompts import plain_stop_strings, render_prompt, resolve_style
 from distill_dag.models import load_model
+
+MIN_PREFIX_TOKENS = 16  # below this, copying the cache costs about what it saves
 
 
 class _RawLogprobRecorder:
@@ -54,8 +60,10 @@ class TransformersBackend:
 
     name = "transformers"
 
-    def __init__(self, teacher: TeacherConfig, device: str = "auto", dtype: str = "auto") -> None:
+    def __init__(self, teacher: TeacherConfig, device: str = "auto", dtype: str = "auto",
+                 reuse_prefix: bool = True) -> None:
         self.teacher = teacher
+        self.reuse_prefix = reuse_prefix  # False only to measure what prefix reuse buys
         self.loaded = load_model(teacher.model, device, dtype)
         self.model_fingerprint = self.loaded.fingerprint
         tokenizer = self.loaded.tokenizer
@@ -67,43 +75,82 @@ class TransformersBackend:
     def render(self, query: str) -> str:
         return render_prompt(self.teacher.prompt, query, self.loaded.tokenizer)
 
-    def _batches(self, requests: list[GenerationRequest]) -> list[list[GenerationRequest]]:
-        tokenizer = self.loaded.tokenizer
-        lengths = {r.prompt_text: 0 for r in requests}
-        for text in lengths:
-            lengths[text] = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-        # Longest first: a memory problem shows at once, not after an hour.
-        ordered = sorted(requests, key=lambda r: (-lengths[r.prompt_text], r.key))
-        size = self.teacher.batch_size
-        return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+    def _tokenize(self, requests: list[GenerationRequest]) -> dict[str, list[int]]:
+        # Chat templates already contain the BOS token; plain prompts need the tokenizer's.
+        texts = list(dict.fromkeys(r.prompt_text for r in requests))
+        ids = self.loaded.tokenizer(texts, add_special_tokens=self.style == "plain")["input_ids"]
+        return {text: list(row) for text, row in zip(texts, ids, strict=True)}
+
+    @staticmethod
+    def _common_prefix(token_lists: list[list[int]]) -> int:
+        """Length of the token prefix every prompt shares (system prompt and exemplars),
+        leaving at least one token of each prompt outside it."""
+        first, length = token_lists[0], min(len(t) for t in token_lists) - 1
+        for tokens in token_lists[1:]:
+            i = 0
+            while i < length and tokens[i] == first[i]:
+                i += 1
+            length = i
+        return max(length, 0)
+
+    def _prefix_cache(self, prefix: list[int]):
+        """KV cache of the shared prefix, computed once and copied into every batch: a few-shot
+        prefix is most of each prompt, and re-encoding it per row dominated generation time."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.loaded.model(input_ids=torch.tensor([prefix], device=self.loaded.device),
+                                    use_cache=True)
+        return out.past_key_values
 
     def generate(
         self,
         requests: list[GenerationRequest],
         progress: Callable[[int], None] | None = None,
     ) -> Iterator[list[GenerationResult]]:
+        import copy
+
         import torch
 
+        if not requests:
+            return
         tokenizer, model = self.loaded.tokenizer, self.loaded.model
-        tokenizer.padding_side = "left"
         sampling = self.teacher.sampling
-        for batch in self._batches(requests):
+        token_ids = self._tokenize(requests)
+        prefix_len = self._common_prefix(list(token_ids.values())) if self.reuse_prefix else 0
+        if prefix_len < MIN_PREFIX_TOKENS:
+            prefix_len = 0
+        prefix = next(iter(token_ids.values()))[:prefix_len]
+        cache = self._prefix_cache(prefix) if prefix_len else None
+        # Longest first: a memory problem shows at once, not after an hour.
+        ordered = sorted(requests, key=lambda r: (-len(token_ids[r.prompt_text]), r.key))
+        size = self.teacher.batch_size
+        for begin in range(0, len(ordered), size):
+            batch = ordered[begin : begin + size]
             started = time.perf_counter()
-            # Chat templates already contain the BOS token; plain prompts need the tokenizer's.
-            inputs = tokenizer(
-                [r.prompt_text for r in batch],
-                return_tensors="pt",
-                padding=True,
-                add_special_tokens=self.style == "plain",
-            ).to(self.loaded.device)
+            suffixes = [token_ids[r.prompt_text][prefix_len:] for r in batch]
+            width = max(len(s) for s in suffixes)
+            input_ids = torch.full((len(batch), prefix_len + width), tokenizer.pad_token_id,
+                                   dtype=torch.long)
+            mask = torch.zeros_like(input_ids)
+            input_ids[:, :prefix_len] = torch.tensor(prefix, dtype=torch.long)
+            mask[:, :prefix_len] = 1
+            for row, suffix in enumerate(suffixes):  # left-pad the part after the prefix
+                input_ids[row, prefix_len + width - len(suffix) :] = torch.tensor(suffix)
+                mask[row, prefix_len + width - len(suffix) :] = 1
+            past = None
+            if cache is not None:
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(len(batch))
             seed_material = "|".join(r.key for r in batch) + f"|{sampling.seed}"
-            seed = int(hashlib.sha256(seed_material.encode()).hexdigest()[:8], 16)
-            torch.manual_seed(seed)  # the same batch of requests samples the same tokens
+            torch.manual_seed(int(hashlib.sha256(seed_material.encode()).hexdigest()[:8], 16))
             recorder = _RawLogprobRecorder()
             greedy = sampling.temperature == 0
             with torch.inference_mode():
                 output = model.generate(
-                    **inputs,
+                    input_ids=input_ids.to(self.loaded.device),
+                    attention_mask=mask.to(self.loaded.device),
+                    past_key_values=past,
                     do_sample=not greedy,
                     temperature=None if greedy else sampling.temperature,
                     top_p=None if greedy else sampling.top_p,
@@ -114,10 +161,10 @@ class TransformersBackend:
                     tokenizer=tokenizer if self.stop else None,
                     pad_token_id=tokenizer.pad_token_id,
                 )
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
+            new_tokens = output[:, input_ids.shape[1] :]
             logprobs = recorder.finish(output)
             elapsed = time.perf_counter() - started
-            prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
+            prompt_lengths = mask.sum(dim=1).tolist()
             results = [
                 self._result(req, new_tokens[i].tolist(), logprobs[i].tolist(), prompt_lengths[i],
                              elapsed / len(batch))

@@ -1,0 +1,308 @@
+"""The project config file: the packaged default, errors that name file and field, hashing."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from distill_dag.config import DEFAULT_CONFIG, ProjectConfig, load_project_config
+from distill_dag.corpus import build_corpus
+from distill_dag.generation.config import (
+    KNOWN_BACKENDS,
+    ConfigError,
+    SamplingConfig,
+    TeacherConfig,
+)
+
+BASE: dict[str, Any] = {
+    "corpus": {"generator": {"n": 10, "seed": 3, "levels": [1]}, "eval_fraction": 0.2},
+    "student": {"model": "pkg:smollm2-135m-instruct", "prompt": {"system": "Solve."}},
+    "teachers": [
+        {"name": "one", "model": "pkg:smollm2-135m-instruct",
+         "sampling": {"temperature": 0.8, "num_samples": 2}},
+        {"name": "two", "model": "pkg:gemma3-270m", "prompt": {"style": "plain", "few_shot": 2}},
+    ],
+    "filtering": {"per_query": 1},
+}  # fmt: skip
+
+
+def base() -> dict[str, Any]:
+    return copy.deepcopy(BASE)
+
+
+def write(tmp_path: Path, data: dict[str, Any] | str, name: str = "project.yaml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_project_config(path)
+    assert isinstance(info.value, ValueError)
+    message = str(info.value)
+    assert str(path) in message, message
+    return message
+
+
+# -- the packaged default -------------------------------------------------------------------------
+
+
+def test_packaged_default_is_a_usable_multi_teacher_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DISTILL_DAG_CONFIG", raising=False)
+    cfg = load_project_config()
+    assert cfg.source == str(DEFAULT_CONFIG)
+    assert len(cfg.teachers) >= 2
+    assert len({t.name for t in cfg.teachers}) == len(cfg.teachers)
+    assert all(t.sampling.num_samples >= 2 for t in cfg.teachers)
+    generator = cfg.corpus.effective_generator()
+    assert generator is not None and generator.n >= 125
+    assert cfg.corpus.eval_fraction == pytest.approx(0.2)
+    queries = build_corpus(cfg.corpus).queries
+    assert queries.filter(queries["split"] == "train").height >= 100
+
+
+def test_env_var_selects_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, base())
+    monkeypatch.setenv("DISTILL_DAG_CONFIG", str(path))
+    cfg = load_project_config()
+    assert cfg.source == str(path)
+    assert [t.name for t in cfg.teachers] == ["one", "two"]
+    assert cfg.teacher("two").prompt.few_shot == 2
+    with pytest.raises(KeyError, match="three"):
+        cfg.teacher("three")
+
+
+def test_defaults_fill_omitted_fields(tmp_path: Path) -> None:
+    cfg = load_project_config(write(tmp_path, base()))
+    assert cfg.teachers[1].backend == "transformers"
+    assert cfg.teachers[1].sampling == SamplingConfig()
+    assert cfg.student.prompt.style == "chat"  # the student default
+    assert cfg.student.prompt.system == "Solve."
+
+
+# -- errors name the file and the field -----------------------------------------------------------
+
+
+def test_unknown_backend_names_teacher_index_field_and_known_backends(tmp_path: Path) -> None:
+    data = base()
+    data["teachers"][1]["backend"] = "vllm-nightly"
+    message = load_error(write(tmp_path, data))
+    assert "teachers[1]" in message
+    assert "backend" in message and "vllm-nightly" in message
+    assert all(known in message for known in KNOWN_BACKENDS)
+
+
+def test_unknown_key_in_a_teacher(tmp_path: Path) -> None:
+    data = base()
+    data["teachers"][0]["temprature"] = 0.5
+    message = load_error(write(tmp_path, data))
+    assert "teachers[0]" in message and "temprature" in message
+
+
+def test_unknown_key_in_teacher_sampling(tmp_path: Path) -> None:
+    data = base()
+    data["teachers"][1]["sampling"] = {"temprature": 0.5}
+    message = load_error(write(tmp_path, data))
+    assert "teachers[1].sampling" in message and "temprature" in message
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    data = base()
+    data["teacher"] = []
+    message = load_error(write(tmp_path, data))
+    assert "'teacher'" in message
+
+
+def test_duplicate_teacher_names(tmp_path: Path) -> None:
+    data = base()
+    data["teachers"][1]["name"] = "one"
+    message = load_error(write(tmp_path, data))
+    assert "teachers" in message and "duplicate" in message and "one" in message
+
+
+def test_bad_sampling_value(tmp_path: Path) -> None:
+    data = base()
+    data["teachers"][0]["sampling"]["temperature"] = -1
+    message = load_error(write(tmp_path, data))
+    assert "teachers[0]" in message and "temperature" in message and "-1" in message
+
+
+def test_few_shot_in_student_prompt_is_rejected(tmp_path: Path) -> None:
+    data = base()
+    data["student"]["prompt"]["few_shot"] = 2
+    message = load_error(write(tmp_path, data))
+    assert "student" in message and "few_shot" in message
+
+
+def test_invalid_teacher_name(tmp_path: Path) -> None:
+    data = base()
+    data["teachers"][0]["name"] = "a b"
+    message = load_error(write(tmp_path, data))
+    assert "teachers[0]" in message and "name" in message and "'a b'" in message
+
+
+def test_missing_teacher_model(tmp_path: Path) -> None:
+    data = base()
+    del data["teachers"][1]["model"]
+    message = load_error(write(tmp_path, data))
+    assert "teachers[1]" in message and "model" in message
+
+
+def test_no_teachers(tmp_path: Path) -> None:
+    data = base()
+    del data["teachers"]
+    message = load_error(write(tmp_path, data))
+    assert "teachers" in message
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "field"),
+    [
+        ("corpus", {"eval_fraction": 1.5}, "corpus.eval_fraction"),
+        ("filtering", {"per_query": 0}, "filtering.per_query"),
+        ("filtering", {"budget": 0}, "filtering.budget"),
+    ],
+)
+def test_bad_values_in_other_sections(
+    tmp_path: Path, section: str, value: dict[str, Any], field: str
+) -> None:
+    data = base()
+    data[section] = value
+    assert field in load_error(write(tmp_path, data))
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = write(tmp_path, "teachers:\n  - name: one\n   model: [unclosed\n")
+    assert "YAML" in load_error(path)
+
+
+def test_top_level_not_a_mapping(tmp_path: Path) -> None:
+    load_error(write(tmp_path, "- just\n- a list\n"))
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    message = load_error(tmp_path / "nowhere" / "project.yaml")
+    assert "does not exist" in message
+
+
+def test_from_dict_errors_name_the_source() -> None:
+    data = base()
+    data["teachers"][0]["backend"] = "nope"
+    with pytest.raises(ConfigError, match=r"^my-source: .*teachers\[0\]"):
+        ProjectConfig.from_dict(data, source="my-source")
+
+
+# -- corpus file paths ----------------------------------------------------------------------------
+
+
+def test_relative_corpus_paths_resolve_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = base()
+    absolute = str(tmp_path / "abs" / "queries.jsonl")
+    data["corpus"]["files"] = [{"path": "data/train.jsonl"}, {"path": absolute}]
+    path = write(tmp_path, data, name="configs/project.yaml")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    files = load_project_config(path).corpus.files
+    assert files[0].path == str((tmp_path / "configs" / "data" / "train.jsonl").resolve())
+    assert files[1].path == absolute
+
+
+# -- hashes ---------------------------------------------------------------------------------------
+
+
+def test_section_hash_tracks_only_its_sections() -> None:
+    original = ProjectConfig.from_dict(base())
+    same = ProjectConfig.from_dict(base())
+    data = base()
+    data["filtering"]["per_query"] = 2
+    new_filtering = ProjectConfig.from_dict(data)
+    data = base()
+    data["teachers"][0]["sampling"]["temperature"] = 0.5
+    new_teachers = ProjectConfig.from_dict(data)
+
+    for name in ("teachers", "filtering", "corpus", "student"):
+        assert original.section_hash(name) == same.section_hash(name)
+    assert new_filtering.section_hash("filtering") != original.section_hash("filtering")
+    assert new_filtering.section_hash("teachers") == original.section_hash("teachers")
+    assert new_filtering.section_hash("corpus") == original.section_hash("corpus")
+    assert new_teachers.section_hash("teachers") != original.section_hash("teachers")
+    assert new_teachers.section_hash("filtering") == original.section_hash("filtering")
+    assert new_teachers.section_hash("filtering", "student") == original.section_hash(
+        "filtering", "student"
+    )
+    assert new_filtering.section_hash("filtering", "student") != original.section_hash(
+        "filtering", "student"
+    )
+
+
+def test_section_hash_is_stable_across_loads(tmp_path: Path) -> None:
+    a = load_project_config(write(tmp_path, base(), name="a.yaml"))
+    b = load_project_config(write(tmp_path, base(), name="sub/b.yaml"))
+    assert a.section_hash("teachers", "corpus") == b.section_hash("teachers", "corpus")
+    assert len(a.section_hash("teachers")) == 8
+
+
+def test_sampling_fingerprint_ignores_k_but_not_sampling_knobs() -> None:
+    reference = SamplingConfig(temperature=0.8, num_samples=2).fingerprint()
+    assert SamplingConfig(temperature=0.8, num_samples=16).fingerprint() == reference
+    assert SamplingConfig(temperature=0.7, num_samples=2).fingerprint() != reference
+    for change in ({"top_p": 0.9}, {"top_k": 5}, {"max_new_tokens": 65}, {"seed": 1},
+                   {"stop": ["\n\n"]}):  # fmt: skip
+        assert SamplingConfig(temperature=0.8, num_samples=2, **change).fingerprint() != reference
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"temperature": -1}, "temperature"),
+        ({"temperature": 6}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"temperature": 0, "num_samples": 2}, "num_samples"),
+    ],
+)
+def test_sampling_rejects_bad_values(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        SamplingConfig(**kwargs)
+
+
+def test_greedy_single_sample_is_allowed() -> None:
+    assert SamplingConfig(temperature=0, num_samples=1).temperature == 0
+
+
+def test_teacher_config_from_dict_prefixes_its_path() -> None:
+    with pytest.raises(ConfigError, match=r"^teachers\[3\]: .*batch_size"):
+        TeacherConfig.from_dict({"name": "t", "model": "m", "batch_size": 0}, "teachers[3]")
+
+
+# -- regressions of fixed bugs -----------------------------------------------------------
+
+
+def test_corpus_section_not_a_mapping(tmp_path: Path) -> None:
+    data = base()
+    data["corpus"] = "queries.jsonl"
+    assert "corpus" in load_error(write(tmp_path, data))
+
+
+def test_home_relative_corpus_path_is_not_joined_to_config_folder(tmp_path: Path) -> None:
+    data = base()
+    data["corpus"]["files"] = [{"path": "~/data/train.jsonl"}]
+    files = load_project_config(write(tmp_path, data)).corpus.files
+    assert files[0].path == str(Path("~/data/train.jsonl").expanduser())
+
+
+def test_wrongly_typed_sampling_value_names_the_field(tmp_path: Path) -> None:
+    data = base()
+    data["teachers"][0]["sampling"]["temperature"] = "hot"
+    assert "temperature" in load_error(write(tmp_path, data))
