@@ -1,0 +1,149 @@
+"""The five assets materialized in-process with Dagster on the tiny config and the real model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from distill_dag.definitions import build_definitions, materialize_all
+from distill_dag.store import Store
+from tests.conftest import TINY_CONFIG
+
+ASSETS = ["query_corpus", "teacher_outputs", "provenance_scores", "teacher_selection",
+          "filtered_dataset"]
+
+
+def _materializations(results) -> dict[tuple[str, str | None], dict]:
+    found = {}
+    for result in results:
+        for event in result.get_asset_materialization_events():
+            mat = event.materialization
+            found[(mat.asset_key.to_user_string(), mat.partition)] = {
+                k: v.value for k, v in mat.metadata.items()} | {"_tags": mat.tags or {}}
+    return found
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    defs = build_definitions(TINY_CONFIG, home=str(home), device="cpu", show_progress=False)
+    with dg.instance_for_test() as instance:
+        first = materialize_all(defs, instance)
+        second = materialize_all(defs, instance)
+        checks = [e for r in first for e in r.get_asset_check_evaluations()]
+    return home, _materializations(first), _materializations(second), checks
+
+
+def test_all_five_assets_and_both_partitions_materialize(tiny_run):
+    _, first, _, checks = tiny_run
+    assert {k for k, _ in first} == set(ASSETS)
+    assert {p for k, p in first if k == "teacher_outputs"} == {"fewshot", "zeroshot"}
+    failed = [(c.asset_key.to_user_string(), c.check_name) for c in checks if not c.passed
+              and c.severity == dg.AssetCheckSeverity.ERROR]
+    assert not failed
+    names = {c.check_name for c in checks}
+    assert {"no_eval_leakage", "all_samples_present", "all_sentences_scored", "not_empty",
+            "no_eval_queries", "chat_schema"} <= names
+
+
+def test_tables_hold_what_the_metadata_says(tiny_run):
+    home, first, _, _ = tiny_run
+    store = Store(Path(home) / "store")
+    queries = store.read_table("queries")
+    train = queries.filter(pl.col("split") == "train")
+    outputs = store.read_table("teacher_outputs")
+    assert outputs.height == 2 * 2 * train.height  # 2 teachers x k=2 x train queries
+    assert first[("query_corpus", None)]["dagster/row_count"] == queries.height
+    assert set(outputs["query_id"]) <= set(train["query_id"])  # eval queries never generated
+    sentences = store.read_table("provenance_sentences")
+    assert sentences.height == first[("provenance_scores", "fewshot")]["dagster/row_count"] + \
+        first[("provenance_scores", "zeroshot")]["dagster/row_count"]
+    # zeroshot's teacher is the student model in the student's own context: dTS is ~0.
+    zero = sentences.filter(pl.col("teacher") == "zeroshot")
+    assert zero["d_ts"].abs().mean() < 0.02
+    metrics = store.read_table("teacher_metrics")
+    assert metrics["chosen"].sum() == 1
+    chosen = metrics.filter("chosen")["teacher"][0]
+    assert first[("teacher_selection", None)]["chosen"] == chosen
+
+
+def test_filtered_dataset_is_trainable_chat_records(tiny_run):
+    home, first, _, _ = tiny_run
+    meta = first[("filtered_dataset", None)]
+    path = Path(meta["jsonl_path"])
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == meta["dagster/row_count"] > 0
+    store = Store(Path(home) / "store")
+    eval_ids = set(store.read_table("queries").filter(pl.col("split") == "eval")["query_id"])
+    for record in records:
+        roles = [m["role"] for m in record["messages"]]
+        assert roles[-2:] == ["user", "assistant"] and record["messages"][-1]["content"]
+        assert record["query_id"] not in eval_ids
+    assert Path(path.parent / "train.parquet").exists()
+    assert store.read_table("negatives").height > 0  # incorrect samples kept for later use
+
+
+def test_second_run_generates_and_scores_nothing_and_keeps_data_versions(tiny_run):
+    _, first, second, _ = tiny_run
+    for partition in ("fewshot", "zeroshot"):
+        assert second[("teacher_outputs", partition)]["generated_now"] == 0
+        assert second[("teacher_outputs", partition)]["tokens_generated_now"] == 0
+        assert second[("provenance_scores", partition)]["scored_now"] == 0
+    for key, meta in first.items():
+        assert meta["_tags"]["dagster/data_version"] == \
+            second[key]["_tags"]["dagster/data_version"], key
+
+
+def _failure_text(result) -> str:
+    return "\n".join(str(e.event_specific_data.error) for e in result.all_events
+                     if e.is_step_failure)
+
+
+def test_empty_corpus_fails_the_asset_with_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"prompt": ""}\n{not json\n{"question": "x"}\n')
+    config = tmp_path / "config.yaml"
+    config.write_text(f"corpus: {{files: [{{path: {bad}}}]}}\n"
+                      "teachers: [{name: t, model: pkg:smollm2-135m-instruct}]\n")
+    defs = build_definitions(config, home=str(tmp_path / "home"), show_progress=False)
+    result = dg.materialize(list(defs.assets), selection=["query_corpus"],
+                            resources=defs.resources, raise_on_error=False)
+    assert not result.success
+    text = _failure_text(result)
+    assert "query_corpus" in text and "3" in text  # says how many rows were read
+
+
+def test_unresolvable_teacher_model_fails_naming_the_teacher(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("corpus: {generator: {n: 6, seed: 1}}\n"
+                      "teachers: [{name: ghost, model: /no/such/model}]\n")
+    defs = build_definitions(config, home=str(tmp_path / "home"), show_progress=False)
+    with dg.instance_for_test() as instance:
+        dg.materialize(list(defs.assets), selection=["query_corpus"], instance=instance,
+                       resources=defs.resources)
+        result = dg.materialize(list(defs.assets), selection=["teacher_outputs"],
+                                partition_key="ghost", instance=instance,
+                                resources=defs.resources, raise_on_error=False)
+    assert not result.success
+    text = _failure_text(result)
+    assert "ghost" in text and "/no/such/model" in text and "does not resolve" in text
+
+
+def test_dagster_cli_materializes_the_corpus(tmp_path):
+    env = dict(os.environ, DISTILL_DAG_CONFIG=str(TINY_CONFIG),
+               DISTILL_DAG_HOME=str(tmp_path / "home"), DAGSTER_HOME=str(tmp_path / "dh"))
+    (tmp_path / "dh").mkdir()
+    dagster = Path(sys.executable).parent / "dagster"
+    proc = subprocess.run([str(dagster), "asset", "materialize", "-m", "distill_dag.definitions",
+                           "--select", "query_corpus"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = Store(tmp_path / "home" / "store")
+    assert store.read_table("queries").height > 0
