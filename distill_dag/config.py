@@ -14,15 +14,10 @@ from typing import Any
 
 import yaml
 
+from distill_dag.configbase import ConfigError, check_keys, stable_hash
 from distill_dag.corpus.config import CorpusConfig
 from distill_dag.filtering import FilterConfig
-from distill_dag.generation.config import (
-    ConfigError,
-    StudentConfig,
-    TeacherConfig,
-    check_keys,
-    stable_hash,
-)
+from distill_dag.generation.config import StudentConfig, TeacherConfig
 from distill_dag.provenance.categories import ProvenanceConfig
 from distill_dag.selection import RankingRule
 

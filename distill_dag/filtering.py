@@ -15,7 +15,8 @@ from typing import Any
 
 import polars as pl
 
-from distill_dag.generation.config import ConfigError, PromptConfig, check_keys
+from distill_dag.configbase import ConfigError, build_config
+from distill_dag.generation.config import PromptConfig
 
 SELECTION_RULES = ("teacher_count", "teacher_fraction", "shortest", "random")
 
@@ -47,8 +48,7 @@ class FilterConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "filtering") -> FilterConfig:
-        check_keys(cls, data, where)
-        return cls(**data)
+        return build_config(cls, data, where)
 
 
 @dataclass

@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from distill_dag.configbase import build_config
 from distill_dag.provenance.categories import TEACHER, UNSCORED
 
 SAMPLE_COLUMNS = (
@@ -188,16 +189,7 @@ class RankingRule:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "ranking") -> RankingRule:
         """Build from a config mapping; unknown keys and invalid values name ``where``."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
-        known = [f.name for f in fields(cls)]
-        for key in d:
-            if key not in known:
-                raise ValueError(f"{where}.{key}: unknown key (known keys: {', '.join(known)})")
-        try:
-            return cls(**d)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from exc
+        return build_config(cls, d, where)
 
     def describe(self) -> str:
         """The rule in words."""

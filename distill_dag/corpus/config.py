@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from distill_dag.configbase import ConfigError as BaseConfigError
+
 FORMATS = ("auto", "jsonl", "parquet", "csv")
 # .json is read as JSON lines: one object per line, like .jsonl.
 EXTENSION_FORMATS = {
@@ -34,7 +36,7 @@ DEFAULT_FIELDS: dict[str, str | None] = {
 GENERATOR_LEVELS = (1, 2, 3)
 
 
-class ConfigError(ValueError):
+class ConfigError(BaseConfigError):
     """A config value is invalid; `path` names it (e.g. "corpus.files[0].format")."""
 
     def __init__(self, path: str, message: str) -> None:

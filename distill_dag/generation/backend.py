@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from distill_dag.generation.config import KNOWN_BACKENDS, ConfigError, TeacherConfig, stable_hash
+from distill_dag.configbase import ConfigError, stable_hash
+from distill_dag.generation.config import KNOWN_BACKENDS, TeacherConfig
 
 
 @dataclass(frozen=True)

@@ -6,43 +6,14 @@ at load time with the config path of the offending field (e.g. ``teachers[1].bac
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from distill_dag.configbase import ConfigError, build_config, check_keys, stable_hash
 
 KNOWN_BACKENDS = ("transformers",)  # vllm and openai-compatible arrive with their own issue
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot be used; the message names where it is."""
-
-
-def check_keys(cls: type, data: dict[str, Any], where: str) -> None:
-    """Reject keys a config dataclass does not declare, naming the config path."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Construct a config dataclass, prefixing any error with its config path."""
-    check_keys(cls, data, where)
-    try:
-        return cls(**data)
-    except (ConfigError, TypeError) as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-
-
-def stable_hash(obj: Any, length: int = 16) -> str:
-    """sha256 of a JSON rendering with sorted keys: the same value hashes the same everywhere."""
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 @dataclass
@@ -143,8 +114,9 @@ class TeacherConfig:
     def from_dict(cls, data: dict[str, Any], where: str) -> TeacherConfig:
         check_keys(cls, data, where)
         data = dict(data)
-        prompt = _build(PromptConfig, data.pop("prompt", {}) or {}, f"{where}.prompt")
-        sampling = _build(SamplingConfig, data.pop("sampling", {}) or {}, f"{where}.sampling")
+        prompt = build_config(PromptConfig, data.pop("prompt", {}) or {}, f"{where}.prompt")
+        sampling = build_config(SamplingConfig, data.pop("sampling", {}) or {},
+                                f"{where}.sampling")
         try:
             return cls(prompt=prompt, sampling=sampling, **data)
         except (ConfigError, TypeError) as exc:
@@ -166,8 +138,9 @@ class StudentConfig:
         if isinstance(prompt, dict) and (prompt.get("few_shot") or prompt.get("exemplars")):
             raise ConfigError(f"{where}.prompt: the student prompt is zero-shot: few_shot and "
                               "exemplars are not allowed")
-        prompt_cfg = _build(PromptConfig, {"style": "chat", **prompt} if isinstance(prompt, dict)
-                            else prompt, f"{where}.prompt")
+        if isinstance(prompt, dict):
+            prompt = {"style": "chat", **prompt}
+        prompt_cfg = build_config(PromptConfig, prompt, f"{where}.prompt")
         try:
             return cls(prompt=prompt_cfg, **data)
         except (ConfigError, TypeError) as exc:

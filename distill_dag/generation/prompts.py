@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from distill_dag.generation.config import ConfigError, PromptConfig
+from distill_dag.configbase import ConfigError
+from distill_dag.generation.config import PromptConfig
 
 
 @functools.lru_cache(maxsize=64)

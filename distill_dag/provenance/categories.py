@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from distill_dag.configbase import build_config
 
 TEACHER = "teacher"
 STUDENT = "student"
@@ -151,13 +153,4 @@ class ProvenanceConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "provenance") -> ProvenanceConfig:
         """Build from a config mapping; unknown keys and invalid values name ``where``."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"{where}: expected a mapping, got {type(d).__name__}")
-        known = [f.name for f in fields(cls)]
-        for key in d:
-            if key not in known:
-                raise ValueError(f"{where}.{key}: unknown key (known keys: {', '.join(known)})")
-        try:
-            return cls(**d)
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from exc
+        return build_config(cls, d, where)

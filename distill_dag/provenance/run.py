@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from distill_dag.generation.config import StudentConfig, TeacherConfig, stable_hash
+from distill_dag.configbase import stable_hash
+from distill_dag.generation.config import StudentConfig, TeacherConfig
 from distill_dag.generation.prompts import render_prompt, resolve_style
 from distill_dag.models import LoadedModel
 from distill_dag.provenance.categories import ProvenanceConfig, categorize_teacher_student

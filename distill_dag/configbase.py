@@ -1,0 +1,42 @@
+"""What every config dataclass shares: one error type, key checking, building with a config path,
+and a stable hash of config values."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any, TypeVar
+
+_C = TypeVar("_C")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names where it is."""
+
+
+def check_keys(cls: type, data: Any, where: str) -> None:
+    """Reject a non-mapping, or keys a config dataclass does not declare, naming the path."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key(s) {unknown}; known keys: "
+                          f"{', '.join(known)}")
+
+
+def build_config(cls: type[_C], data: Any, where: str) -> _C:
+    """Construct a config dataclass from a mapping; any error is prefixed with its path."""
+    check_keys(cls, data, where)
+    try:
+        return cls(**data)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """sha256 of a JSON rendering with sorted keys: the same value hashes the same everywhere."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
