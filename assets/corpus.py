@@ -9,16 +9,14 @@ import polars as pl
 from assets._common import content_version, preview
 from distill_dag.config import ProjectConfig
 from distill_dag.corpus import EmptyCorpusError, build_corpus, dedup_key
+from distill_dag.corpus.curate import ngrams, word_tokens
 from resources import ProjectResource, StoreResource
 
 STAGE_VERSION = "1"
 
 
-def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = dedup_key(text).split()
-    if len(words) < n:
-        return {tuple(words)}
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+def _grams(text: str, n: int) -> set[tuple[str, ...]]:
+    return ngrams(word_tokens(text), n)
 
 
 def build(project: ProjectConfig) -> list:
@@ -53,9 +51,9 @@ def build(project: ProjectConfig) -> list:
         evals = queries.filter(pl.col("split") == "eval")
 
         eval_keys = {dedup_key(p) for p in evals["prompt"]}
-        eval_grams = set().union(*(_ngrams(p, cfg.corpus.decontam_ngram) for p in evals["prompt"]))
+        eval_grams = set().union(*(_grams(p, cfg.corpus.decontam_ngram) for p in evals["prompt"]))
         leaks = [q for q, p in zip(train["query_id"], train["prompt"], strict=True)
-                 if dedup_key(p) in eval_keys or _ngrams(p, cfg.corpus.decontam_ngram) & eval_grams]
+                 if dedup_key(p) in eval_keys or _grams(p, cfg.corpus.decontam_ngram) & eval_grams]
         reasons = (result.quarantine.group_by("reason").len().sort("len", descending=True)
                    if result.quarantine.height else None)
         for row in (result.quarantine.head(20).iter_rows(named=True)

@@ -14,6 +14,8 @@ import time
 
 
 def _materialize(args: argparse.Namespace) -> int:
+    import polars as pl
+
     from distill_dag.definitions import build_definitions, dagster_instance, materialize_all
     from distill_dag.store import Store
 
@@ -33,8 +35,7 @@ def _materialize(args: argparse.Namespace) -> int:
             "seconds"]
     print(f"\nAll assets materialized in {elapsed:.0f} s.\n")
     print("Teacher selection:")
-    with __import__("polars").Config(tbl_rows=20, tbl_cols=20, tbl_width_chars=200,
-                                     float_precision=3):
+    with pl.Config(tbl_rows=20, tbl_cols=20, tbl_width_chars=200, float_precision=3):
         print(metrics.select([c for c in cols if c in metrics.columns]))
     print(f"\nfiltered_dataset: {dataset} training records under "
           f"{os.path.join(home, 'artifacts', 'filtered_dataset')}")

@@ -246,36 +246,44 @@ def pick_dtype(dtype: str, device: str) -> torch.dtype:
     return torch.bfloat16 if cpu_supports_bf16() else torch.float32
 
 
-@dataclass
 class LoadedModel:
-    """A model and tokenizer ready to run, plus what identifies them."""
+    """A model's tokenizer and identity now; its weights on first use of ``.model``.
 
-    resolved: ResolvedModel
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    device: str
-    dtype: Any
+    A rerun whose work is all in the store renders prompts and computes keys (tokenizer and
+    fingerprint only) and never pays for loading weights it would not run.
+    """
+
+    def __init__(self, resolved: ResolvedModel, device: str, dtype: Any) -> None:
+        from transformers import AutoTokenizer
+
+        self.resolved = resolved
+        self.device = device
+        self.dtype = dtype
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(resolved.hf_dir)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._model: PreTrainedModel | None = None
+        self._lock = threading.Lock()
 
     @property
     def fingerprint(self) -> str:
         return self.resolved.fingerprint
 
+    @property
+    def model(self) -> PreTrainedModel:
+        with self._lock:
+            if self._model is None:
+                from transformers import AutoModelForCausalLM
 
-_LOAD_LOCK = threading.Lock()
+                model = AutoModelForCausalLM.from_pretrained(self.resolved.hf_dir,
+                                                             dtype=self.dtype)
+                self._model = model.to(self.device).eval()
+        return self._model
 
 
 @functools.lru_cache(maxsize=4)
 def load_model(reference: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load (and memoize per process) a model for inference: eval mode, no grad needed."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    with _LOAD_LOCK:
-        resolved = resolve_model(reference)
-        real_device = pick_device(device)
-        torch_dtype = pick_dtype(dtype, real_device)
-        tokenizer = AutoTokenizer.from_pretrained(resolved.hf_dir)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(resolved.hf_dir, dtype=torch_dtype)
-        model.to(real_device).eval()
-    return LoadedModel(resolved, model, tokenizer, real_device, torch_dtype)
+    """Resolve a model for inference (memoized per process); weights load on first use."""
+    resolved = resolve_model(reference)
+    real_device = pick_device(device)
+    return LoadedModel(resolved, real_device, pick_dtype(dtype, real_device))
