@@ -40,7 +40,8 @@ defs = build_definitions()
 
 
 def materialize_all(definitions: dg.Definitions, instance: dg.DagsterInstance,
-                    teachers: list[str] | None = None) -> list[dg.ExecuteInProcessResult]:
+                    teachers: list[str] | None = None, log_level: str = "INFO"
+                    ) -> list[dg.ExecuteInProcessResult]:
     """Materialize the whole DAG in dependency order: the corpus, each teacher partition
     (generation, then provenance), then selection and the dataset. Raises on the first failure.
 
@@ -59,6 +60,8 @@ def materialize_all(definitions: dg.Definitions, instance: dg.DagsterInstance,
     for selection, partition in plan:
         results.append(dg.materialize(assets, selection=selection, partition_key=partition,
                                       instance=instance, resources=resources,
+                                      run_config={"loggers": {"console": {"config": {
+                                          "log_level": log_level}}}},
                                       tags={"distill_dag/launched_by": "distill-dag materialize"}))
     return results
 
