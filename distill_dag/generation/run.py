@@ -82,23 +82,29 @@ def generate_teacher_outputs(
     requests = build_requests(backend, teacher, queries)
     stored = store.read_chunks(GENERATIONS, teacher.name, key="request_key")
     done = set(stored["request_key"]) if stored is not None else set()
-    missing = [r for r in requests if r.key not in done]
+    # One request per key, even if two queries rendered to the same prompt text.
+    missing = list({r.key: r for r in requests if r.key not in done}.values())
 
     generated = tokens = 0
+    new_frames: list[pl.DataFrame] = []
     started = time.perf_counter()
     if missing:
         with tqdm(total=len(missing), desc=f"teacher {teacher.name}: generate", unit="sample",
                   disable=not show_progress) as bar:
             for batch in backend.generate(missing, progress=bar.update):
-                store.append_chunk(GENERATIONS, teacher.name,
-                                   _results_frame(teacher.name, backend.model_fingerprint, batch))
+                frame = _results_frame(teacher.name, backend.model_fingerprint, batch)
+                store.append_chunk(GENERATIONS, teacher.name, frame)
+                new_frames.append(frame)
                 generated += len(batch)
                 tokens += sum(r.completion_tokens for r in batch)
                 bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.0f}")
     seconds = time.perf_counter() - started
 
-    stored = store.read_chunks(GENERATIONS, teacher.name, key="request_key")
-    wanted = pl.DataFrame({"request_key": [r.key for r in requests]})
+    frames = ([stored] if stored is not None else []) + new_frames
+    if not frames:
+        raise ValueError(f"teacher {teacher.name!r}: no queries to generate for")
+    stored = pl.concat(frames, how="diagonal_relaxed")
+    wanted = pl.DataFrame({"request_key": [r.key for r in requests]}).unique(maintain_order=True)
     outputs = wanted.join(stored, on="request_key", how="inner")
     return GenerationSummary(outputs, len(requests), generated, tokens, seconds)
 

@@ -192,12 +192,12 @@ class TransformersBackend:
             while length and ids[length - 1] == pad and pad not in eos_ids:
                 length -= 1
         content_ids = [t for t in ids[:length] if t not in eos_ids]
-        text = tokenizer.decode(content_ids, skip_special_tokens=True)
+        decoded = tokenizer.decode(content_ids, skip_special_tokens=True)
+        text = decoded
         cut = min((text.find(s) for s in self.stop if s in text), default=-1)
         if cut >= 0:
             text, finish = text[:cut], "stop"
-        starts = token_char_starts(tokenizer, content_ids, tokenizer.decode(content_ids,
-                                   skip_special_tokens=True))
+        starts = token_char_starts(tokenizer, content_ids, decoded)
         if starts is None:
             kept_ids, kept_lp, kept_starts = content_ids, [], []
         else:
