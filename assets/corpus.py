@@ -74,7 +74,8 @@ def build(project: ProjectConfig) -> list:
                               for r in reasons.head(10).iter_rows(named=True))
                     if reasons is not None else "none"),
             },
-            data_version=content_version(queries, ["query_id", "split", "reference_answer"]),
+            data_version=content_version(queries, ["query_id", "prompt", "split",
+                                                   "reference_answer", "domain", "source"]),
             check_results=[
                 dg.AssetCheckResult(check_name="no_eval_leakage", passed=not leaks,
                                     metadata={"leaked_queries": len(leaks),

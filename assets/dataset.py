@@ -4,30 +4,59 @@
 import hashlib
 import json
 import os
+import shutil
 
 import dagster as dg
 import polars as pl
 
-from assets._common import content_version, preview
+from assets._common import preview
 from distill_dag.config import ProjectConfig
 from distill_dag.filtering import filter_dataset
-from resources import ProjectResource, StoreResource
+from distill_dag.models import load_model
+from resources import ProjectResource, RuntimeResource, StoreResource
 
 STAGE_VERSION = "1"
 
 
-def _write_exports(frame: pl.DataFrame, folder: str) -> tuple[str, str]:
-    """train.jsonl ({"messages": [...]}) and train.parquet; returns the jsonl path and its hash."""
-    os.makedirs(folder, exist_ok=True)
-    jsonl = os.path.join(folder, "train.jsonl")
-    with open(jsonl + ".tmp", "w") as handle:
+def _write_exports(frame: pl.DataFrame, root: str) -> tuple[str, str]:
+    """Write train.jsonl ({"messages": [...]}) and train.parquet into root/<sha of the jsonl>/.
+
+    The folder is named by content, so an older materialization's path keeps pointing at the
+    bytes its hash describes; the same content is written once."""
+    tmp = os.path.join(root, f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    jsonl = os.path.join(tmp, "train.jsonl")
+    with open(jsonl, "w") as handle:
         for row in frame.select("messages", "query_id", "teacher").iter_rows(named=True):
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(jsonl + ".tmp", jsonl)
-    frame.write_parquet(os.path.join(folder, "train.parquet"))
     with open(jsonl, "rb") as handle:
         digest = hashlib.sha256(handle.read()).hexdigest()
-    return jsonl, digest
+    frame.write_parquet(os.path.join(tmp, "train.parquet"))
+    final = os.path.join(root, digest[:16])
+    if os.path.exists(final):
+        shutil.rmtree(tmp)
+    else:
+        os.replace(tmp, final)
+    return os.path.join(final, "train.jsonl"), digest
+
+
+def _template_problems(tokenizer, records: list[list[dict]]) -> list[str]:
+    """Render each record with the student's chat template, as training will: the assistant
+    text must come out after the user text (some templates drop or reorder turns)."""
+    problems = []
+    for i, messages in enumerate(records):
+        if len(messages) < 2 or messages[-1]["role"] != "assistant" or \
+                messages[-2]["role"] != "user" or not messages[-1]["content"].strip():
+            problems.append(f"record {i}: not [..., user, assistant] with a non-empty answer")
+            continue
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+        user_at = rendered.find(messages[-2]["content"])
+        answer_at = rendered.find(messages[-1]["content"], max(user_at, 0))
+        if user_at < 0 or answer_at < 0:
+            problems.append(f"record {i}: the chat template dropped the "
+                            f"{'user' if user_at < 0 else 'assistant'} turn")
+    return problems
 
 
 def build(project: ProjectConfig) -> list:
@@ -41,9 +70,10 @@ def build(project: ProjectConfig) -> list:
                               description="At least one training record."),
             dg.AssetCheckSpec("no_eval_queries", asset="filtered_dataset", blocking=True,
                               description="No record comes from an eval query."),
-            dg.AssetCheckSpec("chat_schema", asset="filtered_dataset",
-                              description="Every record ends with a non-empty assistant turn "
-                                          "after a user turn."),
+            dg.AssetCheckSpec("chat_schema", asset="filtered_dataset", blocking=True,
+                              description="Every record ends with a user turn and a non-empty "
+                                          "assistant turn, and the student's chat template "
+                                          "renders both (in that order)."),
         ],
         description="Correct samples of the chosen teacher(s), best-of-N per query by "
                     "Teacher-sentence count, length bounds and a budget; chat `messages` "
@@ -51,27 +81,33 @@ def build(project: ProjectConfig) -> list:
                     "samples go to the `negatives` table.",
     )
     def filtered_dataset(context: dg.AssetExecutionContext, project: ProjectResource,
-                         store: StoreResource):
+                         store: StoreResource, runtime: RuntimeResource):
         cfg = project.load()
         db = store.store()
         chosen = db.read_table("teacher_metrics", "chosen")["teacher"].to_list()
         queries = db.read_table("queries")
-        samples = db.read_table("provenance_samples").join(
-            db.read_table("teacher_outputs").select("request_key", "response", "finish_reason"),
-            on="request_key", how="inner")
+        # Verdicts and text come from teacher_outputs (current verifier); provenance adds the
+        # sentence counts. A sample without provenance yet (e.g. k was raised) is reported.
+        outputs = db.read_table("teacher_outputs").filter(pl.col("teacher").is_in(chosen))
+        provenance = db.read_table("provenance_samples").select(
+            "teacher", "request_key", "n_sentences", "n_teacher", "teacher_fraction")
+        samples = outputs.join(provenance, on=["teacher", "request_key"], how="left")
+        unscored = samples.filter(pl.col("n_sentences").is_null()).height
+        if unscored:
+            context.log.warning(f"{unscored} samples of {chosen} have no provenance scores yet "
+                                "and are left out; materialize provenance_scores first")
+        samples = samples.filter(pl.col("n_sentences").is_not_null())
         result = filter_dataset(samples, queries, chosen, cfg.filtering, cfg.student.prompt)
+        if unscored:
+            result.removed["no_provenance"] = unscored
         data = result.dataset
         db.write_table("filtered_dataset", data)
         db.write_table("negatives", result.negatives)
-        version = content_version(data, ["request_key"]) if data.height else dg.DataVersion("empty")
-        jsonl, digest = _write_exports(data, store.artifact_dir("filtered_dataset",
-                                                                version.value))
+        jsonl, digest = _write_exports(data, store.artifact_dir("filtered_dataset"))
         eval_ids = set(queries.filter(pl.col("split") == "eval")["query_id"])
         leaked = int(data["query_id"].is_in(list(eval_ids)).sum()) if data.height else 0
-        bad_schema = sum(
-            1 for m in data["messages"].to_list()
-            if len(m) < 2 or m[-1]["role"] != "assistant" or not m[-1]["content"].strip()
-            or m[-2]["role"] != "user") if data.height else 0
+        tokenizer = load_model(cfg.student.model, runtime.device, runtime.dtype).tokenizer
+        template_problems = _template_problems(tokenizer, data["messages"].to_list())
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": data.height,
@@ -87,14 +123,15 @@ def build(project: ProjectConfig) -> list:
                 "jsonl_sha256": digest,
                 "preview": preview(data, ["query_id", "teacher", "n_teacher", "response"]),
             },
-            data_version=version,
+            data_version=dg.DataVersion(digest[:16]),
             check_results=[
                 dg.AssetCheckResult(check_name="not_empty", passed=data.height > 0,
                                     metadata={"rows": data.height, **result.removed}),
                 dg.AssetCheckResult(check_name="no_eval_queries", passed=leaked == 0,
                                     metadata={"eval_records": leaked}),
-                dg.AssetCheckResult(check_name="chat_schema", passed=bad_schema == 0,
-                                    metadata={"bad_records": bad_schema}),
+                dg.AssetCheckResult(check_name="chat_schema", passed=not template_problems,
+                                    metadata={"bad_records": len(template_problems),
+                                              "examples": "; ".join(template_problems[:5])}),
             ],
         )
 

@@ -6,7 +6,7 @@ import polars as pl
 
 from assets._common import content_version, preview
 from distill_dag.config import ProjectConfig
-from distill_dag.models import load_model
+from distill_dag.models import ModelResolutionError, load_model
 from distill_dag.provenance.run import score_provenance
 from resources import ProjectResource, RuntimeResource, StoreResource
 
@@ -37,11 +37,15 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
         db = store.store()
         queries = db.read_table("queries")
         outputs = db.read_table("teacher_outputs", "teacher = ?", [teacher.name])
-        student = load_model(cfg.student.model, runtime.device, runtime.dtype)
         need_teacher = (cfg.provenance.teacher_logprobs == "rescore"
                         or outputs.filter(pl.col("token_logprobs").list.len() == 0).height > 0)
-        teacher_model = (load_model(teacher.model, runtime.device, runtime.dtype)
-                         if need_teacher else None)
+        try:
+            student = load_model(cfg.student.model, runtime.device, runtime.dtype)
+            teacher_model = (load_model(teacher.model, runtime.device, runtime.dtype)
+                             if need_teacher else None)
+        except ModelResolutionError as exc:
+            raise dg.Failure(description=f"provenance_scores[{teacher.name}] (student.model or "
+                                         f"teachers[].model): {exc}") from exc
         summary = score_provenance(outputs, queries, teacher, cfg.student, cfg.provenance, db,
                                    teacher_model, student, show_progress=runtime.show_progress)
         db.replace_rows("provenance_sentences", summary.sentences, "teacher", teacher.name)
@@ -51,7 +55,7 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
         counts = {c: int((sentences["category"] == c).sum())
                   for c in ("teacher", "student", "common", "unscored")}
         total = max(sentences.height, 1)
-        tok_s = summary.scored_tokens / summary.seconds if summary.scored else 0.0
+        tok_s = summary.scored_tokens / summary.scoring_seconds if summary.scored else 0.0
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": sentences.height,

@@ -77,7 +77,8 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
                 "preview": preview(outputs, ["query_id", "sample_index", "correct",
                                              "extracted_answer", "response"]),
             },
-            data_version=content_version(outputs, ["request_key", "correct", "verifier_version"]),
+            data_version=content_version(outputs, ["request_key", "response", "correct",
+                                                   "verifier_version"]),
             check_results=[
                 dg.AssetCheckResult(check_name="all_samples_present", passed=incomplete == 0,
                                     metadata={"queries_missing_samples": incomplete}),

@@ -51,6 +51,11 @@ class ProjectConfig:
         raise KeyError(f"no teacher {name!r} in {self.source}; known: "
                        + ", ".join(t.name for t in self.teachers))
 
+    def fingerprint(self) -> str:
+        """A hash of every section: equal exactly when two loads of the config agree."""
+        return self.section_hash("corpus", "teachers", "student", "provenance", "selection",
+                                 "filtering")
+
     def section_hash(self, *names: str) -> str:
         """A hash of config sections: part of a stage's code_version, so editing them shows it
         as changed in Dagster."""

@@ -26,7 +26,8 @@ def build_definitions(config: str | Path | None = None, home: str | None = None,
     return dg.Definitions(
         assets=build_assets(project),
         resources={
-            "project": ProjectResource(config_path=str(path.resolve())),
+            "project": ProjectResource(config_path=str(path.resolve()),
+                                       loaded_fingerprint=project.fingerprint()),
             "store": StoreResource(home=os.path.abspath(home or default_home())),
             "runtime": RuntimeResource(device=device or os.environ.get("DISTILL_DAG_DEVICE",
                                                                        "auto"),

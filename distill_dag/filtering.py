@@ -67,7 +67,15 @@ def _messages(student_prompt: PromptConfig, query: str, response: str) -> list[d
     return messages
 
 
-def _rank_expr(selection: str, seed: int) -> list[pl.Expr]:
+def _seeded_order(keys: pl.Series, seed: int) -> pl.Series:
+    """A pseudo-random but stable order: sha256 of key and seed (polars' own hash may change
+    between versions, which would silently change a "random" selection)."""
+    import hashlib
+
+    return pl.Series([hashlib.sha256(f"{k}|{seed}".encode()).hexdigest() for k in keys])
+
+
+def _rank_expr(selection: str) -> list[pl.Expr]:
     by_length = [pl.col("completion_tokens"), pl.col("request_key")]
     if selection == "teacher_count":
         return [-pl.col("n_teacher").cast(pl.Int64), *by_length]
@@ -75,7 +83,7 @@ def _rank_expr(selection: str, seed: int) -> list[pl.Expr]:
         return [-pl.col("teacher_fraction"), *by_length]
     if selection == "shortest":
         return by_length
-    return [pl.col("request_key").hash(seed)]
+    return [pl.col("_seeded")]
 
 
 def filter_dataset(
@@ -107,15 +115,16 @@ def filter_dataset(
     pool = drop(pool, pl.col("completion_tokens").is_between(cfg.min_completion_tokens,
                                                            cfg.max_completion_tokens),
                 "length_bounds")
-    ranked = pool.sort(_rank_expr(cfg.selection, cfg.seed))
+    pool = pool.with_columns(_seeded_order(pool["request_key"], cfg.seed).alias("_seeded"))
+    ranked = pool.sort(_rank_expr(cfg.selection))
     best = ranked.group_by("query_id", maintain_order=True).head(cfg.per_query)
     removed["not_best_of_n"] = ranked.height - best.height
     if cfg.budget is not None and best.height > cfg.budget:
         removed["over_budget"] = best.height - cfg.budget
         # Keep a seeded random subset rather than the head: the head is sorted by query_id.
-        best = best.sort(pl.col("request_key").hash(cfg.seed)).head(cfg.budget)
+        best = best.sort("_seeded").head(cfg.budget)
     prompts = dict(zip(queries["query_id"], queries["prompt"], strict=True))
-    best = best.sort("query_id", "teacher", "sample_index")
+    best = best.drop("_seeded").sort("query_id", "teacher", "sample_index")
     messages = [_messages(student_prompt, prompts[q], r)
                 for q, r in zip(best["query_id"], best["response"], strict=True)]
     dataset = best.with_columns(

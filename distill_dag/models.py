@@ -124,11 +124,16 @@ def _packaged_gguf(name: str, reference: str) -> tuple[Path, str]:
     return path, f"{distribution}=={dist_version}/{package.MODEL_NAME}"
 
 
+# Files whose content decides what a folder's model generates: weights, architecture, tokenizer,
+# chat template. Hashed by content (memoized per path, size and mtime), so a copied or re-checked
+# out folder keeps its fingerprint and its cached samples.
+_FINGERPRINT_GLOBS = ("*.safetensors", "*.bin", "config.json", "tokenizer*.json",
+                      "chat_template.jinja", "special_tokens_map.json", "*.model")
+
+
 def _hf_folder_fingerprint(folder: Path) -> str:
-    """Hash of config plus weight file names and sizes: cheap, and changes when weights change."""
-    parts = [(folder / "config.json").read_text()]
-    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
-        parts.append(f"{weights.name}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}")
+    files = sorted({p for pattern in _FINGERPRINT_GLOBS for p in folder.glob(pattern)})
+    parts = [f"{p.name}:{_cached_file_hash(p)}" for p in files if p.is_file()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -273,10 +278,18 @@ class LoadedModel:
     def model(self) -> PreTrainedModel:
         with self._lock:
             if self._model is None:
-                from transformers import AutoModelForCausalLM
+                from transformers import AutoModelForCausalLM, GenerationConfig
 
                 model = AutoModelForCausalLM.from_pretrained(self.resolved.hf_dir,
                                                              dtype=self.dtype)
+                # transformers fills every unset generation setting from the folder's
+                # generation_config.json; a repetition penalty there would bend the raw
+                # log-probs we record, a cache_implementation would clash with the reused prefix
+                # cache. Inference here is configured explicitly: keep only the token ids.
+                folder = model.generation_config
+                model.generation_config = GenerationConfig(
+                    bos_token_id=folder.bos_token_id, eos_token_id=folder.eos_token_id,
+                    pad_token_id=folder.pad_token_id)
                 self._model = model.to(self.device).eval()
         return self._model
 

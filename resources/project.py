@@ -18,9 +18,19 @@ class ProjectResource(dg.ConfigurableResource):
     """The project config file (corpus, teachers, student, stage knobs)."""
 
     config_path: str
+    # The config's fingerprint when the code location loaded it ("" = do not check). Partitions
+    # and code versions were derived from that content, so a run on an edited file must stop.
+    loaded_fingerprint: str = ""
 
     def load(self) -> ProjectConfig:
-        return load_project_config(self.config_path)
+        project = load_project_config(self.config_path)
+        if self.loaded_fingerprint and project.fingerprint() != self.loaded_fingerprint:
+            raise dg.Failure(
+                description=f"{self.config_path} changed since the code location loaded it; "
+                "its teachers (partitions) and code versions come from the loaded content. "
+                "Reload the code location (Reload definitions in the web UI, or restart) and "
+                "materialize again.")
+        return project
 
 
 class StoreResource(dg.ConfigurableResource):

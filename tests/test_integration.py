@@ -117,7 +117,8 @@ def test_empty_corpus_fails_the_asset_with_a_clear_error(tmp_path):
                             resources=defs.resources, raise_on_error=False)
     assert not result.success
     text = _failure_text(result)
-    assert "query_corpus" in text and "3" in text  # says how many rows were read
+    assert "no usable training queries: read 3 rows, 3 quarantined" in text
+    assert "bad.jsonl" in text or "malformed JSON" in text or "empty prompt" in text
 
 
 def test_unresolvable_teacher_model_fails_naming_the_teacher(tmp_path):
@@ -147,3 +148,57 @@ def test_dagster_cli_materializes_the_corpus(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     store = Store(tmp_path / "home" / "store")
     assert store.read_table("queries").height > 0
+
+
+def test_data_versions_follow_content(tiny_run, tmp_path):
+    """An edit that changes the training records (the student's system prompt) changes the
+    filtered_dataset data version and its export, without generating anything."""
+    import yaml
+
+    home, first, _, _ = tiny_run
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["student"]["prompt"]["system"] = "Think, then answer."
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    defs = build_definitions(edited, home=str(home), device="cpu", show_progress=False)
+    with dg.instance_for_test() as instance:
+        result = dg.materialize(list(defs.assets), selection=["filtered_dataset"],
+                                instance=instance, resources=defs.resources)
+    [event] = result.get_asset_materialization_events()
+    meta = event.materialization.metadata
+    before = first[("filtered_dataset", None)]
+    assert event.materialization.tags["dagster/data_version"] != \
+        before["_tags"]["dagster/data_version"]
+    assert meta["jsonl_path"].value != before["jsonl_path"]  # the old export is left intact
+    assert Path(before["jsonl_path"]).exists()
+    record = json.loads(Path(meta["jsonl_path"].value).read_text().splitlines()[0])
+    assert record["messages"][0] == {"role": "system", "content": "Think, then answer."}
+
+
+def test_a_config_edited_after_loading_stops_the_run(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(TINY_CONFIG.read_text())
+    defs = build_definitions(config, home=str(tmp_path / "home"), show_progress=False)
+    config.write_text(TINY_CONFIG.read_text().replace("n: 16", "n: 17"))
+    result = dg.materialize(list(defs.assets), selection=["query_corpus"],
+                            resources=defs.resources, raise_on_error=False)
+    assert not result.success
+    assert "changed since the code location loaded it" in _failure_text(result)
+
+
+def test_chat_template_check_catches_a_template_that_drops_the_answer():
+    from assets.dataset import _template_problems
+
+    class DropsAssistant:  # a stand-in tokenizer whose template forgets assistant turns
+        def apply_chat_template(self, messages, tokenize=False):
+            return "".join(f"<{m['role']}>{m['content']}" for m in messages
+                           if m["role"] != "assistant")
+
+    good = [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4."}]
+    assert _template_problems(DropsAssistant(), [good]) == \
+        ["record 0: the chat template dropped the assistant turn"]
+    from distill_dag.models import load_model
+    from tests.conftest import SMOLLM
+
+    assert _template_problems(load_model(SMOLLM, "cpu", "fp32").tokenizer, [good]) == []
+    assert _template_problems(DropsAssistant(), [[good[0]]])[0].startswith("record 0: not")

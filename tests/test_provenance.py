@@ -39,8 +39,11 @@ def _teacher(few_shot: int) -> TeacherConfig:
 
 def test_teacher_identical_to_student_gives_only_common_sentences(tmp_path, smollm_fp32):
     """Same model, same context: pT == pS for every sentence, so dTS = 0 -> Common."""
-    summary = score_provenance(OUTPUTS, QUERIES, _teacher(0), STUDENT, ProvenanceConfig(),
+    summary = score_provenance(OUTPUTS, QUERIES, _teacher(0), STUDENT,
+                               ProvenanceConfig(teacher_logprobs="rescore"),
                                Store(tmp_path), smollm_fp32, smollm_fp32, show_progress=False)
+    # Same model, same rendered context, same response: one forward pass serves both sides.
+    assert summary.scored == 3
     sentences = summary.sentences
     assert sentences.height == 6  # two sentences per response
     assert sentences["d_ts"].abs().max() < 1e-9

@@ -95,3 +95,39 @@ def test_generation_time_logprobs_match_a_forward_pass(smollm_fp32):
         ids = smollm_fp32.tokenizer(result.text, add_special_tokens=False)["input_ids"]
         assert ids == result.token_ids  # same tokens, so the log-probs must agree
         np.testing.assert_allclose(result.token_logprobs, rescored.logprobs, atol=2e-3)
+
+
+def test_plain_style_rescoring_matches_generation_at_sentence_level(tmp_path, smollm_fp32):
+    """A plain prompt ends with "Answer:" and the teacher generates " 3 + 4 ...": the stored
+    response drops that space, so rescoring must put it back into the teacher's context."""
+    import polars as pl
+
+    from distill_dag.generation.config import PromptConfig, StudentConfig
+    from distill_dag.generation.run import generate_teacher_outputs, verify_outputs
+    from distill_dag.provenance.categories import ProvenanceConfig
+    from distill_dag.provenance.run import score_provenance
+    from distill_dag.store import Store
+
+    teacher = TeacherConfig.from_dict(
+        {"name": "plain", "model": SMOLLM, "prompt": {"style": "plain", "few_shot": 2},
+         "sampling": {"temperature": 0.7, "max_new_tokens": 24, "num_samples": 1},
+         "batch_size": 4}, "teacher")
+    queries = pl.DataFrame({
+        "query_id": ["a", "b"], "reference_answer": ["7", "7"],
+        "prompt": ["Tom has 3 cats. Tom gets 4 more cats. How many cats does Tom have now?",
+                   "Mia has 12 pens. Mia loses 5 pens. How many pens does Mia have now?"]})
+    store = Store(tmp_path)
+    backend = TransformersBackend(teacher, device="cpu", dtype="fp32")
+    outputs = verify_outputs(generate_teacher_outputs(teacher, queries, store, backend=backend,
+                                                      show_progress=False).outputs, queries)
+    assert set(outputs["response_lead"]) == {" "}  # the space after "Answer:" was stripped
+    student = StudentConfig(model=SMOLLM, prompt=PromptConfig(style="chat"))
+    by_source = {}
+    for source in ("generation", "rescore"):
+        summary = score_provenance(outputs, queries, teacher, student,
+                                   ProvenanceConfig(teacher_logprobs=source), store,
+                                   smollm_fp32, smollm_fp32, show_progress=False)
+        assert set(summary.samples["teacher_logprob_source"]) == {source}
+        by_source[source] = summary.sentences.sort("request_key", "sentence_index")
+    np.testing.assert_allclose(by_source["generation"]["lp_teacher"].to_numpy(),
+                               by_source["rescore"]["lp_teacher"].to_numpy(), atol=2e-3)

@@ -8,7 +8,7 @@ change it has changed.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from distill_dag.configbase import ConfigError, stable_hash
@@ -36,7 +36,7 @@ class GenerationResult:
     completion_tokens: int  # tokens generated, including an end-of-sequence token
     finish_reason: str  # "stop" (eos or stop string) or "length"
     latency_s: float  # this request's share of its batch's wall time
-    extra: dict = field(default_factory=dict)
+    lead: str = ""  # whitespace stripped from the front of the completion (see provenance)
 
 
 def request_key(
@@ -56,6 +56,10 @@ class GenerationBackend(Protocol):
     model_fingerprint: str
 
     def render(self, query: str) -> str: ...
+
+    def prepare(self) -> None:
+        """Load weights or open connections now, so generation timings exclude it."""
+        ...
 
     def generate(
         self,

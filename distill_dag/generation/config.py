@@ -78,6 +78,12 @@ class PromptConfig:
             raise ConfigError(f"style must be auto, chat or plain, got {self.style!r}")
         if "{prompt}" not in self.instruction:
             raise ConfigError(f"instruction must contain '{{prompt}}', got {self.instruction!r}")
+        try:
+            self.instruction.format(prompt="")
+        except (IndexError, KeyError, ValueError) as exc:
+            raise ConfigError(
+                f"instruction {self.instruction!r} is not a valid template ({exc!r}): write "
+                "{prompt} for the query and {{ }} for literal braces") from exc
         if not self.few_shot_levels or any(lv not in (1, 2, 3) for lv in self.few_shot_levels):
             raise ConfigError(f"few_shot_levels must be a non-empty list of 1, 2, 3; "
                               f"got {self.few_shot_levels}")

@@ -26,7 +26,7 @@ class GenerationSummary:
     requests: int  # requests the current config asks for
     generated: int  # requests generated in this call (the rest came from the store)
     tokens_generated: int  # completion tokens generated in this call
-    seconds: float  # wall time of generation in this call
+    seconds: float  # wall time of generation in this call (model loading excluded)
 
 
 def build_requests(backend: GenerationBackend, teacher: TeacherConfig, queries: pl.DataFrame
@@ -50,6 +50,7 @@ def _results_frame(teacher: str, fingerprint: str, results) -> pl.DataFrame:
             "query_id": [r.query_id for r in results],
             "sample_index": [r.sample_index for r in results],
             "response": [r.text for r in results],
+            "response_lead": [r.lead for r in results],
             "token_ids": [r.token_ids for r in results],
             "token_logprobs": [r.token_logprobs for r in results],
             "token_starts": [r.token_starts for r in results],
@@ -87,6 +88,8 @@ def generate_teacher_outputs(
 
     generated = tokens = 0
     new_frames: list[pl.DataFrame] = []
+    if missing and hasattr(backend, "prepare"):
+        backend.prepare()
     started = time.perf_counter()
     if missing:
         with tqdm(total=len(missing), desc=f"teacher {teacher.name}: generate", unit="sample",

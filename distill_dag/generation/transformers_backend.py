@@ -6,6 +6,10 @@ shared-prefix reuse: the tokens every prompt of a teacher shares (system prompt,
 exemplars) are encoded once into a KV cache that each batch copies, so only each question is
 prefilled. Rows are laid out as [prefix | pad | question]; the attention mask hides the pad and
 position ids follow the mask, so each row computes what it would alone.
+
+Sampling is seeded per batch (from the batch's request keys and the configured seed): the same
+batch samples the same tokens. A request key names what was asked, not bit-exact text: a key
+regenerated in a different batch (its stored result lost) may sample a different answer.
 Log-probs are recorded by a logits processor that runs before the sampling warpers, so it sees
 the raw distribution (temperature 1), which is what provenance compares across models; it keeps
 only one step of log-probs alive (batch x vocab), unlike ``output_logits`` which keeps them all.
@@ -16,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
+from distill_dag.configbase import ConfigError
 from distill_dag.generation.backend import (
     GenerationRequest,
     GenerationResult,
@@ -67,13 +73,45 @@ class TransformersBackend:
         self.loaded = load_model(teacher.model, device, dtype)
         self.model_fingerprint = self.loaded.fingerprint
         tokenizer = self.loaded.tokenizer
-        self.style = resolve_style(teacher.prompt, tokenizer.chat_template is not None)
+        try:
+            self.style = resolve_style(teacher.prompt, tokenizer.chat_template is not None)
+        except ConfigError as exc:
+            raise ConfigError(f"teacher {teacher.name!r} (model {teacher.model}): {exc}") from exc
         self.stop = list(teacher.sampling.stop)
         if self.style == "plain":
             self.stop += [s for s in plain_stop_strings(teacher.prompt) if s not in self.stop]
 
+    def prepare(self) -> None:
+        _ = self.loaded.model  # weights load lazily; load them before the clock starts
+
     def render(self, query: str) -> str:
         return render_prompt(self.teacher.prompt, query, self.loaded.tokenizer)
+
+    def _eos_ids(self) -> set[int]:
+        eos = self.loaded.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos, self.loaded.tokenizer.eos_token_id]
+        return {int(e) for e in eos if e is not None}
+
+    def _generation_config(self):
+        """Exactly the configured sampling. A model folder's generation_config.json may carry
+        repetition penalties (they would run before the log-prob recorder and bend the "raw"
+        log-probs) or a cache_implementation (it conflicts with the reused prefix cache): only
+        its end-of-sequence ids are taken from it."""
+        from transformers import GenerationConfig
+
+        s = self.teacher.sampling
+        greedy = s.temperature == 0
+        return GenerationConfig(
+            do_sample=not greedy,
+            temperature=None if greedy else s.temperature,
+            top_p=None if greedy else s.top_p,
+            top_k=None if greedy else s.top_k,
+            max_new_tokens=s.max_new_tokens,
+            eos_token_id=sorted(self._eos_ids()),
+            pad_token_id=self.loaded.tokenizer.pad_token_id,
+            bos_token_id=self.loaded.tokenizer.bos_token_id,
+            stop_strings=self.stop or None,
+        )
 
     def _tokenize(self, requests: list[GenerationRequest]) -> dict[str, list[int]]:
         # Chat templates already contain the BOS token; plain prompts need the tokenizer's.
@@ -116,6 +154,7 @@ class TransformersBackend:
             return
         tokenizer, model = self.loaded.tokenizer, self.loaded.model
         sampling = self.teacher.sampling
+        generation_config = self._generation_config()
         token_ids = self._tokenize(requests)
         prefix_len = self._common_prefix(list(token_ids.values())) if self.reuse_prefix else 0
         if prefix_len < MIN_PREFIX_TOKENS:
@@ -145,21 +184,14 @@ class TransformersBackend:
             seed_material = "|".join(r.key for r in batch) + f"|{sampling.seed}"
             torch.manual_seed(int(hashlib.sha256(seed_material.encode()).hexdigest()[:8], 16))
             recorder = _RawLogprobRecorder()
-            greedy = sampling.temperature == 0
             with torch.inference_mode():
                 output = model.generate(
                     input_ids=input_ids.to(self.loaded.device),
                     attention_mask=mask.to(self.loaded.device),
                     past_key_values=past,
-                    do_sample=not greedy,
-                    temperature=None if greedy else sampling.temperature,
-                    top_p=None if greedy else sampling.top_p,
-                    top_k=None if greedy else sampling.top_k,
-                    max_new_tokens=sampling.max_new_tokens,
+                    generation_config=generation_config,
                     logits_processor=[recorder],
-                    stop_strings=self.stop or None,
                     tokenizer=tokenizer if self.stop else None,
-                    pad_token_id=tokenizer.pad_token_id,
                 )
             new_tokens = output[:, input_ids.shape[1] :]
             logprobs = recorder.finish(output)
@@ -178,48 +210,70 @@ class TransformersBackend:
         self, req: GenerationRequest, ids: list[int], logprobs: list[float], prompt_tokens: int,
         latency: float,
     ) -> GenerationResult:
-        tokenizer = self.loaded.tokenizer
-        eos_ids = self.loaded.model.generation_config.eos_token_id
-        eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids]) - {None}
-        pad = tokenizer.pad_token_id
-        # Generated length: up to and including the first EOS; trailing pads are not generated.
-        length, finish = len(ids), "length"
-        for i, tok in enumerate(ids):
-            if tok in eos_ids:
-                length, finish = i + 1, "stop"
-                break
-        else:
-            while length and ids[length - 1] == pad and pad not in eos_ids:
-                length -= 1
-        content_ids = [t for t in ids[:length] if t not in eos_ids]
-        decoded = tokenizer.decode(content_ids, skip_special_tokens=True)
-        text = decoded
-        cut = min((text.find(s) for s in self.stop if s in text), default=-1)
-        if cut >= 0:
-            text, finish = text[:cut], "stop"
-        starts = token_char_starts(tokenizer, content_ids, decoded)
-        if starts is None:
-            kept_ids, kept_lp, kept_starts = content_ids, [], []
-        else:
-            keep = [i for i, s in enumerate(starts) if s < len(text)]
-            kept_ids = [content_ids[i] for i in keep]
-            kept_lp = [logprobs[i] for i in keep]
-            kept_starts = [starts[i] for i in keep]
-        # Plain prompts end with "Answer:", so completions start with a space: strip it and shift
-        # offsets (a token that was only that space clamps to 0 and is assigned to no sentence).
-        lead = len(text) - len(text.lstrip())
-        text = text.strip()
-        kept_starts = [max(0, s - lead) for s in kept_starts]
+        done = finish_completion(self.loaded.tokenizer, ids, logprobs, self._eos_ids(), self.stop)
         return GenerationResult(
             key=req.key,
             query_id=req.query_id,
             sample_index=req.sample_index,
-            text=text,
-            token_ids=kept_ids,
-            token_logprobs=kept_lp,
-            token_starts=kept_starts,
+            text=done.text,
+            token_ids=done.token_ids,
+            token_logprobs=done.token_logprobs,
+            token_starts=done.token_starts,
             prompt_tokens=int(prompt_tokens),
-            completion_tokens=length,
-            finish_reason=finish,
+            completion_tokens=done.generated,
+            finish_reason=done.finish_reason,
             latency_s=latency,
+            lead=done.lead,
         )
+
+
+@dataclass
+class Completion:
+    text: str  # stripped, cut before the first stop string
+    lead: str  # whitespace stripped from the front (scoring puts it back after the prompt)
+    token_ids: list[int]  # tokens whose text lies in `text` (from its start)
+    token_logprobs: list[float]  # their raw log-probs (empty if offsets could not be found)
+    token_starts: list[int]  # their char offsets in `text`
+    generated: int  # tokens the model generated, up to and including what ended it
+    finish_reason: str  # "stop" or "length"
+
+
+def finish_completion(tokenizer, ids: list[int], logprobs: list[float], eos_ids: set[int],
+                      stop: list[str]) -> Completion:
+    """Turn one row of generate() output into the stored completion.
+
+    The row ends at the first end-of-sequence token, or at a stop string (generate() then pads
+    the row; when pad == eos, as in SmolLM2, that padding must not count as generated), or at
+    max_new_tokens."""
+    pad = tokenizer.pad_token_id
+    length, finish = len(ids), "length"
+    for i, tok in enumerate(ids):
+        if tok in eos_ids:
+            length, finish = i + 1, "stop"
+            break
+    else:
+        while length and ids[length - 1] == pad:
+            length -= 1
+    content_ids = [t for t in ids[:length] if t not in eos_ids]
+    text = tokenizer.decode(content_ids, skip_special_tokens=True)
+    starts = token_char_starts(tokenizer, content_ids, text)
+    hits = [(text.find(s), s) for s in stop if s in text]
+    if hits:
+        cut, matched = min(hits)
+        text, finish = text[:cut], "stop"
+        if starts is not None:  # generated = tokens up to the one that completed the stop string
+            length = sum(1 for st in starts if st < cut + len(matched))
+    if starts is None:
+        kept_ids, kept_lp, kept_starts = content_ids, [], []
+    else:
+        keep = [i for i, st in enumerate(starts) if st < len(text)]
+        kept_ids = [content_ids[i] for i in keep]
+        kept_lp = [logprobs[i] for i in keep]
+        kept_starts = [starts[i] for i in keep]
+    # Plain prompts end with "Answer:", so completions start with a space. Strip it (the record
+    # a student trains on has none) and keep it in `lead`; a token that was only that space
+    # becomes zero-width and belongs to no sentence.
+    lead = text[: len(text) - len(text.lstrip())]
+    text = text.strip()
+    kept_starts = [max(0, st - len(lead)) for st in kept_starts]
+    return Completion(text, lead, kept_ids, kept_lp, kept_starts, length, finish)

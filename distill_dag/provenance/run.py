@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from distill_dag.configbase import stable_hash
+from distill_dag.configbase import ConfigError, stable_hash
 from distill_dag.generation.config import StudentConfig, TeacherConfig
 from distill_dag.generation.prompts import render_prompt, resolve_style
 from distill_dag.models import LoadedModel
@@ -39,7 +39,8 @@ class ProvenanceSummary:
     samples: pl.DataFrame  # one row per sample: counts per category, mean log-probs
     scored: int  # sequences scored by a forward pass in this call (the rest were cached)
     scored_tokens: int
-    seconds: float
+    scoring_seconds: float  # time in forward passes (model loading excluded)
+    seconds: float  # wall time of the whole call
 
 
 def score_cached(
@@ -51,8 +52,11 @@ def score_cached(
     prompt_special_tokens: bool,
     label: str,
     show_progress: bool = True,
-) -> tuple[list[TokenScores], int, int]:
-    """Score (prompt, response) pairs, reusing stored scores; returns scores, #scored, #tokens."""
+) -> tuple[list[TokenScores], int, int, float]:
+    """Score (prompt, response) pairs, reusing stored scores.
+
+    Returns the scores, how many sequences were scored now, their tokens, and the seconds spent
+    in forward passes."""
     from tqdm.auto import tqdm
 
     keys = [stable_hash({"model": loaded.fingerprint, "prompt": p, "response": r,
@@ -65,18 +69,21 @@ def score_cached(
     }
     todo = sorted({i for i, k in enumerate(keys) if k not in known}, key=lambda i: keys[i])
     todo_unique = list({keys[i]: i for i in todo}.values())
-    tokens = 0
+    tokens, seconds = 0, 0.0
     if todo_unique:
+        _ = loaded.model  # load weights (lazily) before the clock starts
         chunk = max(cfg.batch_size * 8, 64)  # store every few batches: a crash loses little
         with tqdm(total=len(todo_unique), desc=f"score {label}", unit="seq",
                   disable=not show_progress) as bar:
             for begin in range(0, len(todo_unique), chunk):
                 part = todo_unique[begin : begin + chunk]
+                started = time.perf_counter()
                 scores = score_responses(
                     loaded, [prompts[i] for i in part], [responses[i] for i in part],
                     prompt_special_tokens=prompt_special_tokens, batch_size=cfg.batch_size,
                     max_length=cfg.max_length, progress=bar.update,
                 )
+                seconds += time.perf_counter() - started
                 store.append_chunk(SCORES, loaded.fingerprint, pl.DataFrame({
                     "score_key": [keys[i] for i in part],
                     "logprobs": [s.logprobs for s in scores],
@@ -88,7 +95,7 @@ def score_cached(
                 for i, s in zip(part, scores, strict=True):
                     known[keys[i]] = s
                     tokens += len(s.logprobs)
-    return [known[k] for k in keys], len(todo_unique), tokens
+    return [known[k] for k in keys], len(todo_unique), tokens, seconds
 
 
 def _sentence_means(text: str, scores: TokenScores, sentences) -> np.ndarray:
@@ -115,16 +122,21 @@ def score_provenance(
     """Sentence-level provenance for one teacher's samples (the `outputs` table rows)."""
     started = time.perf_counter()
     prompts = dict(zip(queries["query_id"], queries["prompt"], strict=True))
-    rows = outputs.select("request_key", "query_id", "sample_index", "response", "token_logprobs",
-                          "token_starts").to_dicts()
+    if "response_lead" not in outputs.columns:
+        outputs = outputs.with_columns(pl.lit("").alias("response_lead"))
+    rows = outputs.select("request_key", "query_id", "sample_index", "response", "response_lead",
+                          "token_logprobs", "token_starts").to_dicts()
     responses = [r["response"] for r in rows]
 
     # Student: zero-shot, in the exact prompt it will be trained with.
     s_tok = student_model.tokenizer
-    s_plain = resolve_style(student.prompt, s_tok.chat_template is not None) == "plain"
+    try:
+        s_plain = resolve_style(student.prompt, s_tok.chat_template is not None) == "plain"
+    except ConfigError as exc:
+        raise ConfigError(f"student (model {student.model}): {exc}") from exc
     s_prompts = [render_prompt(student.prompt, prompts[r["query_id"]], s_tok) for r in rows]
-    s_scores, scored, tokens = score_cached(store, student_model, s_prompts, responses, cfg,
-                                            s_plain, "student", show_progress)
+    s_scores, scored, tokens, busy = score_cached(store, student_model, s_prompts, responses,
+                                                  cfg, s_plain, "student", show_progress)
 
     # Teacher: generation-time log-probs when present, else a forward pass in its own context.
     use_generation = cfg.teacher_logprobs == "generation"
@@ -141,14 +153,16 @@ def score_provenance(
             )
         t_tok = teacher_model.tokenizer
         t_plain = resolve_style(teacher.prompt, t_tok.chat_template is not None) == "plain"
+        # The teacher generated the stripped lead (" " after "Answer:") before the response:
+        # it belongs to the teacher's context, or the first token is scored out of place.
         t_prompts = [render_prompt(teacher.prompt, prompts[rows[i]["query_id"]], t_tok)
-                     for i in need]
-        rescored, n, t = score_cached(store, teacher_model, t_prompts,
-                                      [responses[i] for i in need], cfg, t_plain,
-                                      f"teacher {teacher.name}", show_progress)
+                     + (rows[i]["response_lead"] or "") for i in need]
+        rescored, n, t, b = score_cached(store, teacher_model, t_prompts,
+                                         [responses[i] for i in need], cfg, t_plain,
+                                         f"teacher {teacher.name}", show_progress)
         for i, s in zip(need, rescored, strict=True):
             t_scores[i] = s
-        scored, tokens = scored + n, tokens + t
+        scored, tokens, busy = scored + n, tokens + t, busy + b
 
     sentence_rows: dict[str, list] = {k: [] for k in (
         "request_key", "query_id", "sample_index", "sentence_index", "start", "end", "text",
@@ -207,5 +221,5 @@ def score_provenance(
                       .alias("teacher_fraction"))
         .sort("query_id", "sample_index")
     )
-    return ProvenanceSummary(sentences_df, samples_df, scored, tokens,
+    return ProvenanceSummary(sentences_df, samples_df, scored, tokens, busy,
                              time.perf_counter() - started)

@@ -38,7 +38,12 @@ def _tokenize(loaded: LoadedModel, prompts: Sequence[str], responses: Sequence[s
         r_ids, offsets = list(r_ids)[: max_length - 1], list(offsets)[: max_length - 1]
         keep_prompt = max(1, max_length - len(r_ids))  # at least one context token
         truncated = len(p_ids) > keep_prompt
-        items.append((list(p_ids)[-keep_prompt:], r_ids, offsets, truncated))
+        p_ids = list(p_ids)
+        if truncated and keep_prompt > 1 and p_ids[0] == loaded.tokenizer.bos_token_id:
+            p_ids = [p_ids[0], *p_ids[len(p_ids) - keep_prompt + 1 :]]  # models expect BOS
+        else:
+            p_ids = p_ids[-keep_prompt:]
+        items.append((p_ids, r_ids, offsets, truncated))
     return items
 
 
