@@ -88,9 +88,13 @@ def build(project: ProjectConfig) -> list:
         queries = db.read_table("queries")
         # Verdicts and text come from teacher_outputs (current verifier); provenance adds the
         # sentence counts. A sample without provenance yet (e.g. k was raised) is reported.
-        outputs = db.read_table("teacher_outputs").filter(pl.col("teacher").is_in(chosen))
-        provenance = db.read_table("provenance_samples").select(
-            "teacher", "request_key", "n_sentences", "n_teacher", "teacher_fraction")
+        outputs = db.query(
+            "SELECT teacher, request_key, query_id, sample_index, response, correct, "
+            "finish_reason, completion_tokens FROM teacher_outputs "
+            "WHERE list_contains(?, teacher)", [chosen])
+        provenance = db.query(
+            "SELECT teacher, request_key, n_sentences, n_teacher, teacher_fraction "
+            "FROM provenance_samples WHERE list_contains(?, teacher)", [chosen])
         samples = outputs.join(provenance, on=["teacher", "request_key"], how="left")
         unscored = samples.filter(pl.col("n_sentences").is_null()).height
         if unscored:

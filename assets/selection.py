@@ -2,7 +2,6 @@
 
 
 import dagster as dg
-import polars as pl
 
 from assets._common import content_version
 from distill_dag.config import ProjectConfig
@@ -28,8 +27,10 @@ def build(project: ProjectConfig) -> list:
         cfg = project.load()
         db = store.store()
         names = [t.name for t in cfg.teachers]
-        samples = db.read_table("provenance_samples").filter(pl.col("teacher").is_in(names))
-        sentences = db.read_table("provenance_sentences").filter(pl.col("teacher").is_in(names))
+        samples = db.query("SELECT * FROM provenance_samples WHERE list_contains(?, teacher)",
+                           [names])
+        sentences = db.query("SELECT teacher, query_id, sample_index, category, d_ts FROM "
+                             "provenance_sentences WHERE list_contains(?, teacher)", [names])
         missing = sorted(set(names) - set(samples["teacher"].unique()))
         if missing:
             context.log.warning(f"teachers without provenance scores yet (not ranked): {missing}")
