@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import corpus, dataset, provenance, selection, teachers
+from assets import corpus, dataset, evaluation, provenance, selection, teachers, training
 from distill_dag.config import ProjectConfig
 
 ASSET_ORDER = ["query_corpus", "teacher_outputs", "provenance_scores", "teacher_selection",
-               "filtered_dataset"]
+               "filtered_dataset", "distilled_checkpoint", "eval_report"]
 
 
 def teacher_partitions(project: ProjectConfig) -> dg.StaticPartitionsDefinition:
@@ -23,4 +23,6 @@ def build_assets(project: ProjectConfig) -> list:
         *provenance.build(project, partitions),
         *selection.build(project),
         *dataset.build(project),
+        *training.build(project),
+        *evaluation.build(project),
     ]

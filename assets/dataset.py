@@ -2,7 +2,6 @@
 
 
 import hashlib
-import json
 import os
 import shutil
 
@@ -11,7 +10,7 @@ import polars as pl
 
 from assets._common import preview
 from distill_dag.config import ProjectConfig
-from distill_dag.filtering import filter_dataset
+from distill_dag.filtering import dataset_jsonl, filter_dataset
 from distill_dag.models import load_model
 from resources import ProjectResource, RuntimeResource, StoreResource
 
@@ -26,12 +25,10 @@ def _write_exports(frame: pl.DataFrame, root: str) -> tuple[str, str]:
     tmp = os.path.join(root, f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    jsonl = os.path.join(tmp, "train.jsonl")
-    with open(jsonl, "w") as handle:
-        for row in frame.select("messages", "query_id", "teacher").iter_rows(named=True):
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    with open(jsonl, "rb") as handle:
-        digest = hashlib.sha256(handle.read()).hexdigest()
+    content = dataset_jsonl(frame)
+    with open(os.path.join(tmp, "train.jsonl"), "wb") as handle:
+        handle.write(content)
+    digest = hashlib.sha256(content).hexdigest()
     frame.write_parquet(os.path.join(tmp, "train.parquet"))
     final = os.path.join(root, digest[:16])
     if os.path.exists(final):

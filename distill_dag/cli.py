@@ -39,10 +39,42 @@ def _materialize(args: argparse.Namespace) -> int:
         print(metrics.select([c for c in cols if c in metrics.columns]))
     print(f"\nfiltered_dataset: {dataset} training records under "
           f"{os.path.join(home, 'artifacts', 'filtered_dataset')}")
-    print(f"Store (DuckDB): {store.catalog_path}")
-    print(f"Web UI: DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
+    checkpoint = store.read_table("distilled_checkpoint")
+    if checkpoint is not None and checkpoint.height:
+        row = checkpoint.row(0, named=True)
+        print(f"distilled_checkpoint: {row['path']} ({row['global_step']} steps)")
+    report = _latest_report(instance)
+    if report:
+        print("\nEval report (base vs distilled student, held-out queries):")
+        for key in ("verdict", "base/pass@1_greedy", "distilled/pass@1_greedy", "gain/pass@1",
+                    "gain/pass@1_ci_low", "gain/pass@1_ci_high"):
+            if key in report:
+                print(f"  {key}: {report[key]}")
+    print("\nWhere to look:")
+    if report and "report_path" in report:
+        print(f"  report:  {report['report_path']}")
+    print(f"  store:   {store.catalog_path} (DuckDB)")
+    print(f"  web UI:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
           ".venv/bin/dagster dev -w workspace.yaml")
+    mlflow_db = os.path.join(home, "mlflow", "mlflow.db")
+    if os.path.exists(mlflow_db):
+        print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{mlflow_db} "
+              "--host 127.0.0.1 --port 5000")
     return 0
+
+
+def _latest_report(instance) -> dict[str, str]:
+    """eval_report's latest materialization metadata, as plain strings."""
+    import dagster as dg
+
+    event = instance.get_latest_materialization_event(dg.AssetKey("eval_report"))
+    if event is None or event.asset_materialization is None:
+        return {}
+    out = {}
+    for key, value in event.asset_materialization.metadata.items():
+        raw = getattr(value, "value", value)
+        out[key] = getattr(raw, "path", raw) if not isinstance(raw, str | int | float) else raw
+    return {k: str(v) for k, v in out.items()}
 
 
 def _prepare_models(args: argparse.Namespace) -> int:

@@ -16,10 +16,12 @@ import yaml
 
 from distill_dag.configbase import ConfigError, check_keys, stable_hash
 from distill_dag.corpus.config import CorpusConfig
+from distill_dag.evaluation.config import EvalConfig
 from distill_dag.filtering import FilterConfig
 from distill_dag.generation.config import StudentConfig, TeacherConfig
 from distill_dag.provenance.categories import ProvenanceConfig
 from distill_dag.selection import RankingRule
+from distill_dag.training.config import TrackingConfig, TrainingConfig
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
@@ -34,6 +36,9 @@ class ProjectConfig:
     provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
     selection: RankingRule = field(default_factory=RankingRule)
     filtering: FilterConfig = field(default_factory=FilterConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     source: str = "<dict>"  # where this config was read from (for messages)
 
     def __post_init__(self) -> None:
@@ -54,7 +59,7 @@ class ProjectConfig:
     def fingerprint(self) -> str:
         """A hash of every section: equal exactly when two loads of the config agree."""
         return self.section_hash("corpus", "teachers", "student", "provenance", "selection",
-                                 "filtering")
+                                 "filtering", "training", "evaluation", "tracking")
 
     def section_hash(self, *names: str) -> str:
         """A hash of config sections: part of a stage's code_version, so editing them shows it
@@ -78,6 +83,9 @@ class ProjectConfig:
                 provenance=ProvenanceConfig.from_dict(data.get("provenance") or {}, "provenance"),
                 selection=RankingRule.from_dict(data.get("selection") or {}, "selection"),
                 filtering=FilterConfig.from_dict(data.get("filtering") or {}, "filtering"),
+                training=TrainingConfig.from_dict(data.get("training") or {}, "training"),
+                evaluation=EvalConfig.from_dict(data.get("evaluation") or {}, "evaluation"),
+                tracking=TrackingConfig.from_dict(data.get("tracking") or {}, "tracking"),
                 source=source,
             )
         except (ValueError, TypeError) as exc:

@@ -44,7 +44,8 @@ def materialize_all(definitions: dg.Definitions, instance: dg.DagsterInstance,
                     teachers: list[str] | None = None, log_level: str = "INFO"
                     ) -> list[dg.ExecuteInProcessResult]:
     """Materialize the whole DAG in dependency order: the corpus, each teacher partition
-    (generation, then provenance), then selection and the dataset. Raises on the first failure.
+    (generation, then provenance), then selection, the dataset, training and evaluation.
+    Raises on the first failure.
 
     One run per step group, because a Dagster run covers one partition of the partitioned
     assets; runs are recorded in `instance`, so the web UI shows them."""
@@ -56,7 +57,8 @@ def materialize_all(definitions: dg.Definitions, instance: dg.DagsterInstance,
         project.teacher(name)  # a clear KeyError for an unknown teacher before any work
     plan: list[tuple[list[str], str | None]] = [(["query_corpus"], None)]
     plan += [(["teacher_outputs", "provenance_scores"], name) for name in names]
-    plan += [(["teacher_selection", "filtered_dataset"], None)]
+    plan += [(["teacher_selection", "filtered_dataset", "distilled_checkpoint", "eval_report"],
+              None)]
     results = []
     for selection, partition in plan:
         results.append(dg.materialize(assets, selection=selection, partition_key=partition,

@@ -133,3 +133,15 @@ def filter_dataset(
                   dtype=pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))),
     )
     return FilterResult(dataset, negatives, {k: v for k, v in removed.items() if v})
+
+
+def dataset_jsonl(dataset: pl.DataFrame) -> bytes:
+    """The JSONL export of training records ({"messages", "query_id", "teacher"} per line).
+
+    Its sha256 (first 16 hex digits) is filtered_dataset's data version; distilled_checkpoint
+    recomputes it from the stored table to name what it trained on."""
+    import json
+
+    lines = [json.dumps(row, ensure_ascii=False) + "\n"
+             for row in dataset.select("messages", "query_id", "teacher").iter_rows(named=True)]
+    return "".join(lines).encode()

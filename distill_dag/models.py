@@ -131,7 +131,7 @@ _FINGERPRINT_GLOBS = ("*.safetensors", "*.bin", "config.json", "tokenizer*.json"
                       "chat_template.jinja", "special_tokens_map.json", "*.model")
 
 
-def _hf_folder_fingerprint(folder: Path) -> str:
+def hf_folder_fingerprint(folder: Path) -> str:
     files = sorted({p for pattern in _FINGERPRINT_GLOBS for p in folder.glob(pattern)})
     parts = [f"{p.name}:{_cached_file_hash(p)}" for p in files if p.is_file()]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
@@ -200,7 +200,7 @@ def resolve_model(reference: str) -> ResolvedModel:
             fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
         elif path.is_dir() and (path / "config.json").exists():
             folder = path
-            fingerprint = _hf_folder_fingerprint(path)
+            fingerprint = hf_folder_fingerprint(path)
         else:
             raise ModelResolutionError(
                 f"model reference {reference!r} is neither a Hugging Face folder (config.json) "

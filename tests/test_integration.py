@@ -1,4 +1,4 @@
-"""The five assets materialized in-process with Dagster on the tiny config and the real model."""
+"""The seven assets materialized in-process with Dagster on the tiny config and the real model."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from distill_dag.store import Store
 from tests.conftest import TINY_CONFIG
 
 ASSETS = ["query_corpus", "teacher_outputs", "provenance_scores", "teacher_selection",
-          "filtered_dataset"]
+          "filtered_dataset", "distilled_checkpoint", "eval_report"]
 
 
 def _materializations(results) -> dict[tuple[str, str | None], dict]:
@@ -41,7 +41,7 @@ def tiny_run(tmp_path_factory):
     return home, _materializations(first), _materializations(second), checks
 
 
-def test_all_five_assets_and_both_partitions_materialize(tiny_run):
+def test_all_seven_assets_and_both_partitions_materialize(tiny_run):
     _, first, _, checks = tiny_run
     assert {k for k, _ in first} == set(ASSETS)
     assert {p for k, p in first if k == "teacher_outputs"} == {"fewshot", "zeroshot"}
@@ -50,7 +50,8 @@ def test_all_five_assets_and_both_partitions_materialize(tiny_run):
     assert not failed
     names = {c.check_name for c in checks}
     assert {"no_eval_leakage", "all_samples_present", "all_sentences_scored", "not_empty",
-            "no_eval_queries", "chat_schema"} <= names
+            "no_eval_queries", "chat_schema", "hf_folder", "loss_decreased",
+            "distilled_beats_base"} <= names
 
 
 def test_tables_hold_what_the_metadata_says(tiny_run):
@@ -99,6 +100,47 @@ def test_second_run_generates_and_scores_nothing_and_keeps_data_versions(tiny_ru
     for key, meta in first.items():
         assert meta["_tags"]["dagster/data_version"] == \
             second[key]["_tags"]["dagster/data_version"], key
+
+
+def test_checkpoint_is_a_loadable_folder_and_the_report_is_complete(tiny_run):
+    from transformers import AutoModelForCausalLM
+
+    home, first, _, _ = tiny_run
+    ckpt = first[("distilled_checkpoint", None)]
+    path = Path(ckpt["path"])
+    assert ckpt["trained_now"] and ckpt["global_step"] == 2
+    assert ckpt["dataset_version"] == \
+        first[("filtered_dataset", None)]["_tags"]["dagster/data_version"]
+    assert ckpt["_tags"]["dagster/data_version"] == ckpt["checkpoint_hash"]
+    AutoModelForCausalLM.from_pretrained(path)  # loads in one line
+    report = first[("eval_report", None)]
+    text = Path(report["report_path"]).read_text()
+    assert "gain (distilled - base)" in text and "Test-time provenance" in text
+    for key in ("base/pass@1_greedy", "distilled/pass@1_greedy", "gain/pass@1",
+                "gain/pass@1_ci_low", "gain/pass@1_ci_high", "base/pass@2", "distilled/mean@2"):
+        assert isinstance(report[key], float), key
+    assert report["gain/pass@1_ci_low"] <= report["gain/pass@1"] <= report["gain/pass@1_ci_high"]
+    assert "data:image/png;base64," in report["plots"]
+    store = Store(Path(home) / "store")
+    answers = store.read_table("eval_answers")
+    assert set(answers["model"]) == {"base", "distilled"}
+    eval_ids = set(store.read_table("queries").filter(pl.col("split") == "eval")["query_id"])
+    assert set(answers["query_id"]) == eval_ids
+    # Both MLflow runs (training with its loss curve, evaluation) are in the local database.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path(home).resolve()}/mlflow/mlflow.db")
+    train_run = client.get_run(ckpt["mlflow_run_id"])
+    assert train_run.data.params["dataset_version"] == ckpt["dataset_version"]
+    assert len(client.get_metric_history(train_run.info.run_id, "loss")) == 2
+    eval_run = client.get_run(report["mlflow_run_id"])
+    assert [a.path for a in client.list_artifacts(eval_run.info.run_id, "eval_report")]
+
+
+def test_second_run_trains_and_evaluates_nothing(tiny_run):
+    _, _, second, _ = tiny_run
+    assert second[("distilled_checkpoint", None)]["trained_now"] is False
+    assert second[("eval_report", None)]["generated_now"] == 0
 
 
 def _failure_text(result) -> str:
@@ -202,3 +244,59 @@ def test_chat_template_check_catches_a_template_that_drops_the_answer():
 
     assert _template_problems(load_model(SMOLLM, "cpu", "fp32").tokenizer, [good]) == []
     assert _template_problems(DropsAssistant(), [[good[0]]])[0].startswith("record 0: not")
+
+
+def _prepared_home(tmp_path, config_text: str, records: int):
+    """A home whose store holds `records` training records, and definitions for `config_text`."""
+    from distill_dag.filtering import _messages
+    from distill_dag.generation.config import PromptConfig
+
+    store = Store(tmp_path / "home" / "store")
+    messages = [_messages(PromptConfig(style="chat"), f"What is {i} + 1?", f"{i} + 1 = {i + 1}."
+                          f" The answer is {i + 1}.") for i in range(records)]
+    store.write_table("filtered_dataset", pl.DataFrame({
+        "query_id": [f"q{i}" for i in range(records)], "teacher": ["t"] * records,
+        "messages": messages}, schema_overrides={"messages": pl.List(pl.Struct(
+            {"role": pl.Utf8, "content": pl.Utf8}))}))
+    config = tmp_path / "config.yaml"
+    config.write_text(config_text)
+    return build_definitions(config, home=str(tmp_path / "home"), device="cpu",
+                             show_progress=False), store
+
+
+def test_empty_filtered_dataset_fails_and_registers_no_checkpoint(tmp_path):
+    defs, store = _prepared_home(tmp_path, TINY_CONFIG.read_text(), records=0)
+    result = dg.materialize(list(defs.assets), selection=["distilled_checkpoint"],
+                            resources=defs.resources, raise_on_error=False)
+    assert not result.success
+    assert "filtered_dataset has 0 rows" in _failure_text(result)
+    assert store.read_table("distilled_checkpoint") is None
+
+
+def test_unresolvable_student_fails_the_training_step(tmp_path):
+    text = TINY_CONFIG.read_text().replace("student:\n  model: pkg:smollm2-135m-instruct",
+                                           "student:\n  model: /no/such/student")
+    assert "/no/such/student" in text
+    defs, store = _prepared_home(tmp_path, text, records=2)
+    result = dg.materialize(list(defs.assets), selection=["distilled_checkpoint"],
+                            resources=defs.resources, raise_on_error=False)
+    assert not result.success
+    failure = _failure_text(result)
+    assert "student" in failure and "/no/such/student" in failure and "does not resolve" in failure
+    assert store.read_table("distilled_checkpoint") is None
+
+
+def test_unreachable_mlflow_fails_before_training(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    text = TINY_CONFIG.read_text() + (f"tracking: {{tracking_uri: 'http://127.0.0.1:{port}', "
+                                      "timeout_s: 1}\n")
+    defs, _ = _prepared_home(tmp_path, text, records=2)
+    result = dg.materialize(list(defs.assets), selection=["distilled_checkpoint"],
+                            resources=defs.resources, raise_on_error=False)
+    assert not result.success
+    assert f"127.0.0.1:{port} is unreachable" in _failure_text(result)
+    assert not list((tmp_path / "home" / "artifacts").rglob("model.safetensors"))

@@ -98,7 +98,7 @@ def score_cached(
     return [known[k] for k in keys], len(todo_unique), tokens, seconds
 
 
-def _sentence_means(text: str, scores: TokenScores, sentences) -> np.ndarray:
+def sentence_means(text: str, scores: TokenScores, sentences) -> np.ndarray:
     ends = scores.ends or [*scores.starts[1:], len(text)]
     owner = assign_tokens_to_sentences(scores.starts, ends, text, sentences)
     return sentence_logprob_means(scores.logprobs, owner, len(sentences))
@@ -171,8 +171,8 @@ def score_provenance(
     for row, s_score, t_score in zip(rows, s_scores, t_scores, strict=True):
         text = row["response"]
         sentences = split_sentences(text)
-        lp_t = _sentence_means(text, t_score, sentences) if sentences else np.array([])
-        lp_s = _sentence_means(text, s_score, sentences) if sentences else np.array([])
+        lp_t = sentence_means(text, t_score, sentences) if sentences else np.array([])
+        lp_s = sentence_means(text, s_score, sentences) if sentences else np.array([])
         for sent, a, b in zip(sentences, lp_t, lp_s, strict=True):
             for key, value in (("request_key", row["request_key"]), ("query_id", row["query_id"]),
                                ("sample_index", row["sample_index"]),

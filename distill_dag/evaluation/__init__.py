@@ -1,0 +1,1 @@
+"""Evaluation of base vs distilled student: accuracy with intervals, test-time provenance."""

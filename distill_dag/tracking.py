@@ -1,0 +1,158 @@
+"""MLflow logging for training and evaluation runs, through an explicit client (no global state).
+
+The default backend is a local SQLite database (``sqlite:///<home>/mlflow/mlflow.db``) with
+artifacts in ``<home>/mlflow/artifacts``; any tracking URI works by config. A remote server is
+health-checked before work starts, so an unreachable server fails the step at once (or, when
+configured, falls back to the local database and says so) instead of after an hour of training.
+Secrets stay in the environment: MLflow reads MLFLOW_TRACKING_TOKEN / _USERNAME / _PASSWORD
+itself; nothing here logs environment variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distill_dag.training.config import TrackingConfig
+
+log = logging.getLogger(__name__)
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The configured MLflow tracking server cannot be reached."""
+
+
+def local_tracking_uri(home: str | os.PathLike) -> str:
+    db = Path(home).resolve() / "mlflow" / "mlflow.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{db}"
+
+
+def _check_reachable(uri: str, timeout_s: float) -> None:
+    """A GET on the server's /health endpoint (http and https URIs only)."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            if response.status >= 500:
+                raise TrackingUnavailableError(f"MLflow server {uri} answered {response.status}")
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500:
+            raise TrackingUnavailableError(f"MLflow server {uri} answered {exc.code}") from exc
+        # 401/403/404: the server is up (auth or an older server without /health).
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise TrackingUnavailableError(
+            f"MLflow tracking server {uri} is unreachable ({reason}). Start it (e.g. `mlflow "
+            "server --host 127.0.0.1 --port 5000`), fix tracking.tracking_uri, set "
+            "tracking.on_unreachable: local to log to the local SQLite database instead, or "
+            "tracking.enabled: false") from exc
+
+
+@dataclass
+class Tracker:
+    """An MLflow experiment to log runs into; create with ``open_tracker``."""
+
+    uri: str
+    experiment_id: str
+    fallback_note: str = ""  # set when the configured server was unreachable and we fell back
+
+    def _client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri)
+
+    def start_run(self, name: str, tags: Mapping[str, str] | None = None) -> TrackedRun:
+        client = self._client()
+        run = client.create_run(self.experiment_id, run_name=name, tags=dict(tags or {}))
+        return TrackedRun(client, run.info.run_id, self)
+
+    def run_url(self, run_id: str) -> str:
+        if self.uri.startswith(("http://", "https://")):
+            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"{self.uri} experiment {self.experiment_id} run {run_id}"
+
+
+class TrackedRun:
+    """One MLflow run: params, metrics (with steps), artifacts; close with ``end``."""
+
+    def __init__(self, client, run_id: str, tracker: Tracker) -> None:
+        self.client, self.run_id, self.tracker = client, run_id, tracker
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
+        for begin in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[begin:begin + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self.log_history([(step or 0, dict(metrics))])
+
+    def log_history(self, history: Iterable[tuple[int, Mapping[str, float]]]) -> None:
+        """Metric series, e.g. the loss curve: (step, {name: value}) pairs."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(str(k), float(v), now, int(step))
+                 for step, values in history for k, v in values.items()
+                 if isinstance(v, int | float) and math.isfinite(float(v))]
+        for begin in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[begin:begin + 1000])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifact(self, path: str | os.PathLike, subdir: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), subdir)
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+    @property
+    def url(self) -> str:
+        return self.tracker.run_url(self.run_id)
+
+
+def open_tracker(cfg: TrackingConfig, home: str | os.PathLike) -> Tracker | None:
+    """The experiment to log into, or None when tracking is disabled.
+
+    Raises TrackingUnavailableError for an unreachable remote server unless
+    ``cfg.on_unreachable == "local"``."""
+    if not cfg.enabled:
+        return None
+    import mlflow  # noqa: F401  (imported for its side effect of registering URI schemes)
+    from mlflow.tracking import MlflowClient
+
+    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(home)
+    note = ""
+    if uri.startswith(("http://", "https://")):
+        try:
+            _check_reachable(uri, cfg.timeout_s)
+        except TrackingUnavailableError as exc:
+            if cfg.on_unreachable != "local":
+                raise
+            note = f"{exc}; logging to the local database instead"
+            log.warning(note)
+            uri = local_tracking_uri(home)
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        location = None
+        if uri.startswith("sqlite:///"):
+            # Without an explicit location, artifacts would go to ./mlruns of the working dir.
+            location = (Path(home).resolve() / "mlflow" / "artifacts").as_uri()
+        experiment_id = client.create_experiment(cfg.experiment, artifact_location=location)
+    return Tracker(uri, experiment_id, note)

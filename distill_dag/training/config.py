@@ -1,0 +1,170 @@
+"""Knobs of the distilled_checkpoint stage: how the student is fine-tuned and where it is logged."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from distill_dag.configbase import build_config, stable_hash
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _number(name: str, value: Any, low: float, high: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be in {bound}, got {value!r}")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter shape (used when ``method`` is "lora"); merged into the weights at the end."""
+
+    r: int = 16
+    """Adapter rank (>= 1). Higher learns more, costs more."""
+    alpha: int = 32
+    """Scaling numerator (>= 1); the update is scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the adapter input, in [0, 1)."""
+    target_modules: list[str] | str = "all-linear"
+    """Which linear layers get adapters: "all-linear" or a list of module names
+    (e.g. ["q_proj", "v_proj"])."""
+
+    def __post_init__(self) -> None:
+        _positive_int("lora.r", self.r)
+        _positive_int("lora.alpha", self.alpha)
+        _number("lora.dropout", self.dropout, 0.0, 0.999)
+        if not (self.target_modules == "all-linear" or (
+                isinstance(self.target_modules, list) and self.target_modules
+                and all(isinstance(m, str) and m for m in self.target_modules))):
+            raise ValueError("lora.target_modules must be 'all-linear' or a non-empty list of "
+                             f"module names, got {self.target_modules!r}")
+
+
+@dataclass
+class TrainingConfig:
+    """How distilled_checkpoint fine-tunes the student (SFT, loss on the assistant tokens only)."""
+
+    method: str = "lora"
+    """"lora" (adapters, merged into a full model at the end; the CPU default) or "full"."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """Adapter settings, used when method is "lora"."""
+    epochs: float = 3.0
+    """Passes over the dataset (> 0). Ignored when max_steps is set."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (>= 1); overrides epochs."""
+    learning_rate: float = 2e-4
+    """Peak AdamW learning rate (> 0). LoRA wants ~1e-4..1e-3, full fine-tuning ~1e-5..5e-5."""
+    lr_scheduler: str = "cosine"
+    """A transformers scheduler name: cosine, linear, constant, constant_with_warmup, ..."""
+    warmup_ratio: float = 0.05
+    """Share of steps spent warming up the learning rate, in [0, 1)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (>= 0)."""
+    batch_size: int = 8
+    """Sequences per device step (with packing: packed rows of up to max_length tokens)."""
+    gradient_accumulation_steps: int = 1
+    """Device steps per optimizer step (>= 1): effective batch = batch_size x this."""
+    max_length: int = 512
+    """Maximum tokens per example (longer ones are dropped with a warning, never silently cut);
+    with packing, the length of each packed row."""
+    packing: bool = True
+    """Pack examples into rows of max_length tokens (best-fit decreasing, padding-free): no
+    compute is spent on padding. Examples never attend across each other (position ids restart
+    at every example). False pads each batch to its longest example."""
+    dtype: str = "auto"
+    """Compute precision: "auto" (bf16 where the hardware has it: CUDA with bf16, or a CPU with
+    AVX512-BF16/AMX; else fp32), "bf16", or "fp32". Weights stay fp32 (mixed precision)."""
+    seed: int = 0
+    """Seeds the adapter initialisation, data order and dropout."""
+    save_steps: int = 20
+    """Save a resumable checkpoint every this many optimizer steps (>= 1); a crashed run resumes
+    from the last one."""
+    logging_steps: int = 1
+    """Log loss and learning rate every this many optimizer steps (>= 1)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (> 0)."""
+
+    METHODS: ClassVar[tuple[str, ...]] = ("lora", "full")
+    DTYPES: ClassVar[tuple[str, ...]] = ("auto", "bf16", "fp32")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora, Mapping):
+            self.lora = build_config(LoraSettings, self.lora, "lora")
+        if self.method not in self.METHODS:
+            raise ValueError(f"method must be one of {list(self.METHODS)}, got {self.method!r}")
+        if self.dtype not in self.DTYPES:
+            raise ValueError(f"dtype must be one of {list(self.DTYPES)}, got {self.dtype!r}")
+        _number("epochs", self.epochs, 1e-9)
+        if self.max_steps is not None:
+            _positive_int("max_steps", self.max_steps)
+        _number("learning_rate", self.learning_rate, 1e-12)
+        _number("warmup_ratio", self.warmup_ratio, 0.0, 0.999)
+        _number("weight_decay", self.weight_decay, 0.0)
+        _number("max_grad_norm", self.max_grad_norm, 1e-12)
+        for name in ("batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
+            _positive_int(name, getattr(self, name))
+        _positive_int("max_length", self.max_length, 8)
+        _positive_int("seed", self.seed, 0)
+        if not isinstance(self.packing, bool):
+            raise ValueError(f"packing must be true or false, got {self.packing!r}")
+        if not isinstance(self.lr_scheduler, str) or not self.lr_scheduler:
+            raise ValueError(f"lr_scheduler must be a scheduler name, got {self.lr_scheduler!r}")
+
+    def fingerprint(self) -> str:
+        """What decides the trained weights (with the data and the student): part of the run key.
+        save_steps and logging_steps do not change the result and are left out."""
+        values = asdict(self)
+        values.pop("save_steps")
+        values.pop("logging_steps")
+        return stable_hash(values)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "training") -> TrainingConfig:
+        return build_config(cls, data, where)
+
+
+@dataclass
+class TrackingConfig:
+    """Where MLflow runs go (experiment tracking for training and evaluation)."""
+
+    tracking_uri: str | None = None
+    """Any MLflow tracking URI (http://host:5000, databricks, sqlite:///path.db). None: the
+    MLFLOW_TRACKING_URI environment variable if set, else a local SQLite database under the run
+    home (``<home>/mlflow/mlflow.db``)."""
+    experiment: str = "distill-dag"
+    """MLflow experiment name."""
+    enabled: bool = True
+    """False turns MLflow logging off (the Dagster metadata still records everything)."""
+    on_unreachable: str = "error"
+    """What to do when a remote tracking server does not answer: "error" (fail the step with a
+    clear message before any training starts) or "local" (log to the local SQLite database and
+    say so in the step's log and metadata)."""
+    timeout_s: float = 5.0
+    """How long to wait for a remote tracking server's health check (> 0)."""
+
+    UNREACHABLE_CHOICES: ClassVar[tuple[str, ...]] = ("error", "local")
+
+    def __post_init__(self) -> None:
+        if self.tracking_uri is not None and (not isinstance(self.tracking_uri, str)
+                                              or not self.tracking_uri.strip()):
+            raise ValueError(f"tracking_uri must be a non-empty string or null, "
+                             f"got {self.tracking_uri!r}")
+        if not isinstance(self.experiment, str) or not self.experiment.strip():
+            raise ValueError(f"experiment must be a non-empty string, got {self.experiment!r}")
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"enabled must be true or false, got {self.enabled!r}")
+        if self.on_unreachable not in self.UNREACHABLE_CHOICES:
+            raise ValueError(f"on_unreachable must be one of {list(self.UNREACHABLE_CHOICES)}, "
+                             f"got {self.on_unreachable!r}")
+        _number("timeout_s", self.timeout_s, 1e-3)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "tracking") -> TrackingConfig:
+        return build_config(cls, data, where)

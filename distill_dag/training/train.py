@@ -1,0 +1,249 @@
+"""Fine-tune the student with TRL's SFTTrainer: LoRA or full, packed, mixed precision, resumable.
+
+The core of distilled_checkpoint, free of Dagster. Records are tokenized here (``data``: loss on
+the assistant reply only, with the checks TRL does not make) and handed to SFTTrainer as
+``input_ids`` + ``labels``, which TRL packs best-fit-decreasing into padding-free rows (position
+ids restart per example, so examples never attend to each other). Checkpoints land in
+``<run_dir>/trainer`` every ``save_steps``; a rerun after a crash resumes from the last one. The
+result is a plain Hugging Face folder (LoRA merged into the weights) that
+``AutoModelForCausalLM.from_pretrained(path)`` loads in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distill_dag.models import cpu_supports_bf16, hf_folder_fingerprint, pick_device, resolve_model
+from distill_dag.training.config import TrainingConfig
+from distill_dag.training.data import TokenizedDataset, tokenize_records
+
+MARKER = "distill_dag_checkpoint.json"  # written last: its presence means the folder is complete
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingResult:
+    path: Path  # the Hugging Face folder of the distilled student
+    checkpoint_hash: str  # content hash of its weights, tokenizer and chat template
+    trained_now: bool  # False when the finished folder already existed (nothing trained)
+    global_step: int = 0  # optimizer steps of the finished run
+    resumed_from_step: int = 0  # the saved step this call resumed from (0: a fresh start)
+    steps_run: int = 0  # optimizer steps run in this call
+    loss_history: list[dict[str, float]] = field(default_factory=list)  # {step, loss, lr, ...}
+    examples: int = 0
+    dropped_too_long: int = 0
+    tokens_per_epoch: int = 0  # all tokens of the kept examples
+    supervised_tokens_per_epoch: int = 0  # tokens with loss (the assistant replies)
+    seconds: float = 0.0  # wall time of trainer.train() in this call
+    supervised_tokens_per_s: float = 0.0
+    peak_rss_gb: float = 0.0
+    precision: str = "fp32"
+    info: dict[str, Any] = field(default_factory=dict)  # the marker file's content
+    model: Any = None  # the trained model in memory, only with train_student(keep_model=True)
+
+
+def use_bf16(cfg: TrainingConfig, device: str) -> bool:
+    if cfg.dtype != "auto":
+        return cfg.dtype == "bf16"
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.is_bf16_supported()
+    return cpu_supports_bf16()
+
+
+def sft_config(cfg: TrainingConfig, output_dir: Path, device: str, show_progress: bool,
+               **overrides: Any):
+    """The SFTConfig for our settings (also used by the benchmark, which overrides parts)."""
+    from trl import SFTConfig
+
+    kwargs: dict[str, Any] = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the steps
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
+        max_length=cfg.max_length,
+        packing=cfg.packing,
+        packing_strategy="bfd",
+        # Small students train fastest without recomputation; TRL turns checkpointing on by default.
+        gradient_checkpointing=False,
+        bf16=use_bf16(cfg, device),
+        fp16=False,
+        use_cpu=not device.startswith("cuda"),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        logging_steps=cfg.logging_steps,
+        report_to="none",
+        disable_tqdm=not show_progress,
+        dataloader_num_workers=0,
+        remove_unused_columns=True,
+    )
+    kwargs.update(overrides)
+    return SFTConfig(**kwargs)
+
+
+def _lora_config(cfg: TrainingConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+
+
+def to_dataset(tokenized: TokenizedDataset):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [e.input_ids for e in tokenized.examples],
+                              "labels": [e.labels for e in tokenized.examples]})
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def read_finished(path: Path) -> dict[str, Any] | None:
+    """The marker of a finished checkpoint folder, or None if the folder is not complete."""
+    marker = path / MARKER
+    if not marker.exists():
+        return None
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+class _ForwardLogs:
+    """A TrainerCallback that forwards each logged dict (loss, lr, ...) to a function."""
+
+    def __new__(cls, on_log: Callable[[dict[str, float]], None]):
+        from transformers import TrainerCallback
+
+        class Forward(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs:
+                    on_log({"step": state.global_step, **logs})
+
+        return Forward()
+
+
+def train_student(
+    messages: Sequence[Any],
+    student_model: str,
+    cfg: TrainingConfig,
+    run_dir: Path,
+    *,
+    info: dict[str, Any] | None = None,
+    device: str = "auto",
+    show_progress: bool = True,
+    on_log: Callable[[dict[str, float]], None] | None = None,
+    callbacks: Sequence[Any] = (),
+    keep_model: bool = False,
+) -> TrainingResult:
+    """Train on chat `messages` records; the finished model is ``run_dir / "model"``.
+
+    `run_dir` should be unique to (student, data, training config): a finished folder there is
+    returned as is, and a crashed run there is resumed from its last saved step. `info` is
+    recorded in the folder's marker file (e.g. the dataset's data version). `keep_model` returns
+    the trained (merged) model in memory too, as ``result.model``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTTrainer
+
+    run_dir = Path(run_dir)
+    final = run_dir / "model"
+    done = read_finished(final)
+    if done is not None:
+        return TrainingResult(final, done["checkpoint_hash"], False,
+                              global_step=done.get("global_step", 0),
+                              loss_history=done.get("loss_history", []),
+                              examples=done.get("examples", 0), info=done)
+
+    resolved = resolve_model(student_model)
+    real_device = pick_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.hf_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenized = tokenize_records(tokenizer, messages, cfg.max_length)
+    if tokenized.dropped_too_long:
+        log.warning("training: %d of %d records are longer than max_length=%d tokens and were "
+                    "left out (first: record %d)", len(tokenized.dropped_too_long), len(messages),
+                    cfg.max_length, tokenized.dropped_too_long[0])
+
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_pretrained(resolved.hf_dir, dtype=torch.float32)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    trainer_dir = run_dir / "trainer"
+    trainer_dir.mkdir(parents=True, exist_ok=True)
+    args = sft_config(cfg, trainer_dir, real_device, show_progress)
+    extra = list(callbacks) + ([_ForwardLogs(on_log)] if on_log else [])
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=to_dataset(tokenized), processing_class=tokenizer,
+        peft_config=_lora_config(cfg) if cfg.method == "lora" else None, callbacks=extra or None,
+    )
+    last = get_last_checkpoint(str(trainer_dir))
+    resumed_from = int(last.rsplit("-", 1)[-1]) if last else 0
+    if last:
+        log.info("training: resuming from %s (step %d)", last, resumed_from)
+
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - started
+    state = trainer.state
+    history = [{k: float(v) for k, v in entry.items() if isinstance(v, int | float)}
+               for entry in state.log_history]
+    steps_run = state.global_step - resumed_from
+    supervised = tokenized.supervised_tokens * steps_run / max(state.max_steps, 1) \
+        * state.num_train_epochs
+
+    trained = trainer.model
+    if cfg.method == "lora":
+        trained = trained.merge_and_unload()
+    trained = trained.to(torch.float32)
+    staging = run_dir / "model.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    trained.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)  # includes the chat template the student was trained with
+    checkpoint_hash = hf_folder_fingerprint(staging)
+    marker = {
+        "checkpoint_hash": checkpoint_hash,
+        "base_model": student_model,
+        "base_model_fingerprint": resolved.fingerprint,
+        "method": cfg.method,
+        "training_config": cfg.fingerprint(),
+        "global_step": state.global_step,
+        "examples": len(tokenized.examples),
+        "loss_history": history,
+        **(info or {}),
+    }
+    (staging / MARKER).write_text(json.dumps(marker, indent=2, default=str))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+    return TrainingResult(
+        path=final, checkpoint_hash=checkpoint_hash, trained_now=True,
+        global_step=state.global_step, resumed_from_step=resumed_from, steps_run=steps_run,
+        loss_history=history, examples=len(tokenized.examples),
+        dropped_too_long=len(tokenized.dropped_too_long),
+        tokens_per_epoch=tokenized.tokens,
+        supervised_tokens_per_epoch=tokenized.supervised_tokens, seconds=seconds,
+        supervised_tokens_per_s=supervised / max(seconds, 1e-9), peak_rss_gb=_peak_rss_gb(),
+        precision="bf16 autocast" if args.bf16 else "fp32", info=marker,
+        model=trained if keep_model else None,
+    )

@@ -1,0 +1,165 @@
+"""Real fine-tuning of SmolLM2 for a few steps: packing, the saved folder, crash resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from distill_dag.training.config import TrainingConfig
+from distill_dag.training.data import tokenize_records
+from distill_dag.training.train import MARKER, read_finished, train_student
+from tests.conftest import SMOLLM
+
+pytestmark = pytest.mark.slow
+
+
+def _records(n: int = 6) -> list[list[dict[str, str]]]:
+    out = []
+    for i in range(n):
+        a, b = 3 + i, 4 + 2 * i
+        out.append([{"role": "system", "content": "Solve the math word problem."},
+                    {"role": "user", "content": f"Ana has {a} apples. Ana buys {b} more apples. "
+                                                "How many apples does Ana have now?"},
+                    {"role": "assistant", "content": f"{a} + {b} = {a + b}. "
+                                                     f"The answer is {a + b}."}])
+    return out
+
+
+def _cfg(**kw) -> TrainingConfig:
+    base = dict(max_steps=2, batch_size=2, max_length=128, save_steps=1, logging_steps=1,
+                dtype="fp32", learning_rate=1e-3)
+    return TrainingConfig(**(base | kw))
+
+
+def test_packed_row_scores_each_example_as_if_alone(smollm_fp32):
+    """Padding-free packing: position ids restart per example and the model (sdpa) keeps
+    examples from attending to each other, so a packed row's logits equal separate passes.
+    transformers derives the block mask from position ids only without a KV cache, which is how
+    TRL calls the model in training (use_cache=False)."""
+    tok = smollm_fp32.tokenizer
+    examples = tokenize_records(tok, _records(2), max_length=128).examples
+    model = smollm_fp32.model
+    with torch.inference_mode():
+        alone = [model(input_ids=torch.tensor([e.input_ids])).logits[0] for e in examples]
+        ids = torch.tensor([examples[0].input_ids + examples[1].input_ids])
+        positions = torch.tensor(list(range(len(examples[0].input_ids)))
+                                 + list(range(len(examples[1].input_ids))))[None]
+        packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits[0]
+    n0 = len(examples[0].input_ids)
+    assert torch.allclose(packed[:n0], alone[0], atol=1e-4)
+    assert torch.allclose(packed[n0:], alone[1], atol=1e-4)
+    # Without restarting positions (plain concatenation) the second example would differ.
+    with torch.inference_mode():
+        leaky = model(input_ids=ids, use_cache=False).logits[0]
+    assert not torch.allclose(leaky[n0:], alone[1], atol=1e-2)
+
+
+def test_trl_packs_our_examples_without_losing_supervised_tokens(smollm_fp32, tmp_path):
+    from trl import SFTTrainer
+
+    from distill_dag.training.train import sft_config, to_dataset
+
+    tok = smollm_fp32.tokenizer
+    tokenized = tokenize_records(tok, _records(6), max_length=128)
+    cfg = _cfg()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(smollm_fp32.resolved.hf_dir)
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, tmp_path, "cpu", False),
+                         train_dataset=to_dataset(tokenized), processing_class=tok)
+    packed = trainer.train_dataset
+    assert len(packed) < len(tokenized.examples)  # several examples per row
+    assert sum(len(r) for r in packed["input_ids"]) == tokenized.tokens
+    batch = trainer.data_collator([packed[i] for i in range(len(packed))])
+    # The collator masks each example's first token; our first tokens are prompt tokens anyway.
+    assert int((batch["labels"] != -100).sum()) == tokenized.supervised_tokens
+    assert "attention_mask" not in batch and "position_ids" in batch  # padding-free
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_checkpoint_round_trip_gives_the_same_logits(tmp_path, method):
+    result = train_student(_records(), SMOLLM, _cfg(method=method), tmp_path / method,
+                           info={"dataset_version": "abc"}, device="cpu", show_progress=False,
+                           keep_model=True)
+    assert result.trained_now and result.global_step == 2 and result.steps_run == 2
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(result.path)  # one line, no adapter config
+    tok = AutoTokenizer.from_pretrained(result.path)
+    assert tok.chat_template  # the template the student was trained with travels along
+    ids = tok.apply_chat_template(_records(1)[0], return_tensors="pt", return_dict=True)
+    with torch.inference_mode():
+        expected = result.model.eval()(**ids).logits
+        got = loaded.eval()(**ids).logits
+    assert torch.allclose(got, expected, atol=1e-5)
+    # Training changed the weights (the checkpoint is not the base model).
+    from distill_dag.models import load_model
+
+    with torch.inference_mode():
+        base = load_model(SMOLLM, "cpu", "fp32").model(**ids).logits
+    assert not torch.allclose(got, base, atol=1e-3)
+    marker = json.loads((result.path / MARKER).read_text())
+    assert marker["dataset_version"] == "abc" and marker["method"] == method
+    assert marker["checkpoint_hash"] == result.checkpoint_hash
+    assert not (result.path / "adapter_config.json").exists()  # LoRA is merged
+
+
+def test_a_finished_run_is_reused_without_training(tmp_path):
+    first = train_student(_records(), SMOLLM, _cfg(max_steps=1), tmp_path, device="cpu",
+                          show_progress=False)
+    again = train_student(_records(), SMOLLM, _cfg(max_steps=1), tmp_path, device="cpu",
+                          show_progress=False)
+    assert first.trained_now and not again.trained_now
+    assert again.checkpoint_hash == first.checkpoint_hash and again.steps_run == 0
+
+
+def test_a_crash_mid_training_resumes_from_the_last_saved_step(tmp_path):
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise RuntimeError("simulated crash at step 3")
+
+    cfg = _cfg(max_steps=4, save_steps=2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_student(_records(), SMOLLM, cfg, tmp_path, device="cpu", show_progress=False,
+                      callbacks=[Crash()])
+    assert read_finished(tmp_path / "model") is None  # no half-written checkpoint registered
+    assert (tmp_path / "trainer" / "checkpoint-2").is_dir()
+    result = train_student(_records(), SMOLLM, cfg, tmp_path, device="cpu", show_progress=False)
+    assert result.resumed_from_step == 2  # the saved step is kept, not retrained
+    assert result.steps_run == 2 and result.global_step == 4
+    losses = [h["step"] for h in result.loss_history if "loss" in h]
+    assert losses == [1, 2, 3, 4]  # the log history survives the crash too
+
+
+def test_zero_records_fails_before_loading_the_model(tmp_path):
+    from distill_dag.training.data import TrainingDataError
+
+    with pytest.raises(TrainingDataError, match="0 records"):
+        train_student([], SMOLLM, _cfg(), tmp_path, device="cpu", show_progress=False)
+    assert not (tmp_path / "model").exists()
+
+
+def test_unresolvable_student_is_a_clear_error(tmp_path):
+    from distill_dag.models import ModelResolutionError
+
+    with pytest.raises(ModelResolutionError, match="does not resolve"):
+        train_student(_records(), str(tmp_path / "no-such-model"), _cfg(), tmp_path / "run",
+                      device="cpu", show_progress=False)
+
+
+def test_config_validation_names_the_field():
+    from distill_dag.configbase import ConfigError
+
+    with pytest.raises(ConfigError, match="training: method must be one of"):
+        TrainingConfig.from_dict({"method": "qlora"})
+    with pytest.raises(ConfigError, match=r"lora.r must be an integer >= 1"):
+        TrainingConfig.from_dict({"lora": {"r": 0}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        TrainingConfig.from_dict({"epoch": 2})
+    assert TrainingConfig(save_steps=5).fingerprint() == TrainingConfig(save_steps=7).fingerprint()
+    assert TrainingConfig(epochs=1).fingerprint() != TrainingConfig(epochs=2).fingerprint()
