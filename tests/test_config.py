@@ -59,12 +59,15 @@ def test_packaged_default_is_a_usable_multi_teacher_run(monkeypatch: pytest.Monk
     assert cfg.source == str(DEFAULT_CONFIG)
     assert len(cfg.teachers) >= 2
     assert len({t.name for t in cfg.teachers}) == len(cfg.teachers)
-    assert all(t.sampling.num_samples >= 2 for t in cfg.teachers)
+    # At least one teacher samples several answers per query (rejection sampling).
+    assert max(t.sampling.num_samples for t in cfg.teachers) >= 2
     generator = cfg.corpus.effective_generator()
     assert generator is not None and generator.n >= 125
-    assert cfg.corpus.eval_fraction == pytest.approx(0.2)
     queries = build_corpus(cfg.corpus).queries
+    # Enough held-out queries for a bootstrap interval to mean something, enough to train on.
+    assert queries.filter(queries["split"] == "eval").height >= 50
     assert queries.filter(queries["split"] == "train").height >= 100
+    assert cfg.evaluation.num_samples >= max(cfg.evaluation.pass_k)
 
 
 def test_env_var_selects_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

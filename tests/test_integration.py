@@ -270,7 +270,7 @@ def test_empty_filtered_dataset_fails_and_registers_no_checkpoint(tmp_path):
                             resources=defs.resources, raise_on_error=False)
     assert not result.success
     assert "filtered_dataset has 0 rows" in _failure_text(result)
-    assert store.read_table("distilled_checkpoint") is None
+    assert not store.table_exists("distilled_checkpoint")
 
 
 def test_unresolvable_student_fails_the_training_step(tmp_path):
@@ -283,7 +283,7 @@ def test_unresolvable_student_fails_the_training_step(tmp_path):
     assert not result.success
     failure = _failure_text(result)
     assert "student" in failure and "/no/such/student" in failure and "does not resolve" in failure
-    assert store.read_table("distilled_checkpoint") is None
+    assert not store.table_exists("distilled_checkpoint")
 
 
 def test_unreachable_mlflow_fails_before_training(tmp_path):
