@@ -12,6 +12,7 @@ from assets._common import preview
 from distill_dag.config import ProjectConfig
 from distill_dag.filtering import dataset_jsonl, filter_dataset
 from distill_dag.models import load_model
+from distill_dag.training.data import TrainingDataError, check_record
 from resources import ProjectResource, RuntimeResource, StoreResource
 
 STAGE_VERSION = "1"
@@ -39,20 +40,15 @@ def _write_exports(frame: pl.DataFrame, root: str) -> tuple[str, str]:
 
 
 def _template_problems(tokenizer, records: list[list[dict]]) -> list[str]:
-    """Render each record with the student's chat template, as training will: the assistant
-    text must come out after the user text (some templates drop or reorder turns)."""
+    """Render each record with the student's chat template exactly as training will; a record
+    training would reject (no reply, a template that drops it or re-renders the prompt) is a
+    problem here already, before any compute is spent on it."""
     problems = []
     for i, messages in enumerate(records):
-        if len(messages) < 2 or messages[-1]["role"] != "assistant" or \
-                messages[-2]["role"] != "user" or not messages[-1]["content"].strip():
-            problems.append(f"record {i}: not [..., user, assistant] with a non-empty answer")
-            continue
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
-        user_at = rendered.find(messages[-2]["content"])
-        answer_at = rendered.find(messages[-1]["content"], max(user_at, 0))
-        if user_at < 0 or answer_at < 0:
-            problems.append(f"record {i}: the chat template dropped the "
-                            f"{'user' if user_at < 0 else 'assistant'} turn")
+        try:
+            check_record(tokenizer, messages, f"record {i}")
+        except TrainingDataError as exc:
+            problems.append(str(exc))
     return problems
 
 

@@ -20,7 +20,7 @@ from distill_dag.evaluation.run import (
     evaluate_model,
     score_test_time_provenance,
 )
-from distill_dag.tracking import TrackingUnavailableError, open_tracker
+from distill_dag.tracking import TrackingUnavailableError, open_tracker, redact_uri
 from resources import ProjectResource, RuntimeResource, StoreResource
 
 STAGE_VERSION = "1"
@@ -78,6 +78,19 @@ def build(project: ProjectConfig) -> list:
             except TrackingUnavailableError as exc:
                 raise dg.Failure(description=f"eval_report: {exc}") from exc
 
+        teacher = None
+        if ecfg.provenance:  # resolve the teacher before minutes of generation, not after
+            teacher_name = ecfg.provenance_teacher
+            if teacher_name is None:
+                ranked = db.read_table("teacher_metrics") \
+                    if db.table_exists("teacher_metrics") else None
+                teacher_name = ranked.sort("rank")["teacher"][0] if ranked is not None \
+                    and ranked.height else cfg.teachers[0].name
+            try:
+                teacher = cfg.teacher(teacher_name)
+            except KeyError as exc:
+                raise dg.Failure(description=f"eval_report: evaluation.provenance_teacher: "
+                                             f"{exc.args[0]}") from exc
         common = dict(store=db, device=runtime.device, dtype=runtime.dtype,
                       show_progress=runtime.show_progress)
         started = time.perf_counter()
@@ -88,14 +101,7 @@ def build(project: ProjectConfig) -> list:
         cmp = compare(base, distilled, ecfg)
 
         shares = sentences = None
-        teacher_name = ecfg.provenance_teacher
-        if ecfg.provenance:
-            if teacher_name is None:
-                ranked = db.read_table("teacher_metrics") \
-                    if db.table_exists("teacher_metrics") else None
-                teacher_name = ranked.sort("rank")["teacher"][0] if ranked is not None \
-                    and ranked.height else cfg.teachers[0].name
-            teacher = cfg.teacher(teacher_name)
+        if teacher is not None:
             sentences = score_test_time_provenance(distilled.greedy, queries, teacher, cfg.student,
                                              ckpt["path"], cfg.provenance, **common)
             shares = category_shares(sentences)
@@ -118,7 +124,7 @@ def build(project: ProjectConfig) -> list:
                   "held-out queries": str(cmp.queries),
                   "decoding": f"greedy + {ecfg.num_samples} samples at T={ecfg.temperature}, "
                               f"max {ecfg.max_new_tokens} new tokens, same prompt for both",
-                  "provenance teacher": teacher_name or "not computed"}
+                  "provenance teacher": teacher.name if teacher else "not computed"}
         from pathlib import Path
 
         report = write_report(Path(out_dir), cmp, base, distilled, shares, queries, header,
@@ -154,7 +160,8 @@ def build(project: ProjectConfig) -> list:
             for name in os.listdir(out_dir):
                 run.log_artifact(os.path.join(out_dir, name), "eval_report")
             run.end()
-            mlflow_meta = {"mlflow_run_id": run.run_id, "mlflow_tracking_uri": tracker.uri}
+            mlflow_meta = {"mlflow_run_id": run.run_id,
+                           "mlflow_tracking_uri": redact_uri(tracker.uri)}
             if ckpt.get("mlflow_run_id"):
                 mlflow_meta["mlflow_training_run_id"] = ckpt["mlflow_run_id"]
 

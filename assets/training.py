@@ -1,7 +1,7 @@
 """distilled_checkpoint: fine-tune the student on filtered_dataset; a Hugging Face folder."""
 
 
-import hashlib
+import contextlib
 import os
 import time
 
@@ -10,10 +10,10 @@ import polars as pl
 
 from distill_dag.config import ProjectConfig
 from distill_dag.configbase import stable_hash
-from distill_dag.filtering import dataset_jsonl
+from distill_dag.filtering import dataset_version as filtered_dataset_version
 from distill_dag.models import ModelResolutionError, resolve_model
-from distill_dag.tracking import TrackingUnavailableError, open_tracker
-from distill_dag.training.data import TrainingDataError
+from distill_dag.tracking import TrackingUnavailableError, open_tracker, redact_uri
+from distill_dag.training.data import TOKENIZATION_VERSION, TrainingDataError
 from distill_dag.training.train import MARKER, train_student
 from resources import ProjectResource, RuntimeResource, StoreResource
 
@@ -68,9 +68,11 @@ def build(project: ProjectConfig) -> list:
             resolved = resolve_model(cfg.student.model)
         except ModelResolutionError as exc:
             raise dg.Failure(description=f"distilled_checkpoint: student: {exc}") from exc
-        dataset_version = hashlib.sha256(dataset_jsonl(data)).hexdigest()[:16]
+        dataset_version = filtered_dataset_version(data)
+        # Everything that decides the weights: a finished folder under this key is reused.
         run_key = stable_hash({"student": resolved.fingerprint, "data": dataset_version,
-                               "training": cfg.training.fingerprint()})
+                               "training": cfg.training.fingerprint(), "stage": STAGE_VERSION,
+                               "tokenization": TOKENIZATION_VERSION})
         run_dir = os.path.join(store.artifact_dir("distilled_checkpoint"), run_key)
 
         tracker = run = None
@@ -101,7 +103,7 @@ def build(project: ProjectConfig) -> list:
                 data["messages"].to_list(), cfg.student.model, cfg.training, run_dir,
                 info={"dataset_version": dataset_version, "run_key": run_key,
                       "mlflow_run_id": run.run_id if run else None,
-                      "mlflow_tracking_uri": tracker.uri if tracker else None},
+                      "mlflow_tracking_uri": redact_uri(tracker.uri) if tracker else None},
                 device=runtime.device, show_progress=runtime.show_progress, on_log=on_log)
         except TrainingDataError as exc:
             if run:
@@ -114,20 +116,31 @@ def build(project: ProjectConfig) -> list:
 
         losses = [h for h in result.loss_history if "loss" in h]
         if run is not None:
-            run.log_history((int(h["step"]), {k: v for k, v in h.items() if k != "step"})
-                            for h in result.loss_history)
-            run.log_metrics({"train_seconds": result.seconds,
-                             "supervised_tokens_per_s": result.supervised_tokens_per_s,
-                             "peak_rss_gb": result.peak_rss_gb, "examples": result.examples},
-                            step=result.global_step)
-            run.set_tags({"checkpoint_hash": result.checkpoint_hash,
-                          "checkpoint_path": str(result.path)})
-            run.log_artifact(result.path / MARKER)
-            run.log_artifact(os.path.join(result.path, "chat_template.jinja"))
-            run.end()
+            try:
+                run.log_history((int(h["step"]), {k: v for k, v in h.items() if k != "step"})
+                                for h in result.loss_history)
+                run.log_metrics({"train_seconds": result.seconds,
+                                 "supervised_tokens_per_s": result.supervised_tokens_per_s,
+                                 "peak_rss_gb": result.peak_rss_gb,
+                                 "examples": result.examples}, step=result.global_step)
+                run.set_tags({"checkpoint_hash": result.checkpoint_hash,
+                              "checkpoint_path": str(result.path)})
+                run.log_artifact(result.path / MARKER)
+                run.log_artifact(os.path.join(result.path, "chat_template.jinja"))
+                run.end()
+            except Exception as exc:  # the checkpoint is saved; losing the log must not lose it
+                context.log.warning(f"MLflow logging after training failed ({exc}); the "
+                                    f"checkpoint is kept. MLflow run {run.run_id} may be "
+                                    "incomplete.")
+                with contextlib.suppress(Exception):
+                    run.end("FAILED")
         if result.resumed_from_step:
             context.log.info(f"resumed from saved step {result.resumed_from_step}")
         info = result.info
+        missing = [f for f in REQUIRED_FILES if not os.path.exists(result.path / f)]
+        if missing:
+            raise dg.Failure(description=f"distilled_checkpoint: {result.path} lacks {missing}; "
+                                         "it was not registered")
         db.write_table("distilled_checkpoint", pl.DataFrame([{
             "path": str(result.path), "checkpoint_hash": result.checkpoint_hash,
             "dataset_version": dataset_version, "run_key": run_key,
@@ -136,7 +149,6 @@ def build(project: ProjectConfig) -> list:
             "mlflow_tracking_uri": info.get("mlflow_tracking_uri"),
             "created_at": time.time()}]))
 
-        missing = [f for f in REQUIRED_FILES if not os.path.exists(result.path / f)]
         first, last = (losses[0]["loss"], losses[-1]["loss"]) if losses else (None, None)
         metadata = {
             "path": dg.MetadataValue.path(str(result.path)),

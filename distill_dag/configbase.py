@@ -36,6 +36,21 @@ def build_config(cls: type[_C], data: Any, where: str) -> _C:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def check_int(name: str, value: Any, minimum: int = 1) -> None:
+    """An integer (not a bool) >= minimum, or a ValueError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_number(name: str, value: Any, low: float, high: float | None = None) -> None:
+    """A number (not a bool) in [low, high], or a ValueError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be in {bound}, got {value!r}")
+
+
 def stable_hash(obj: Any, length: int = 16) -> str:
     """sha256 of a JSON rendering with sorted keys: the same value hashes the same everywhere."""
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)

@@ -59,12 +59,10 @@ class FilterResult:
 
 
 def _messages(student_prompt: PromptConfig, query: str, response: str) -> list[dict[str, str]]:
-    messages = []
-    if student_prompt.system:
-        messages.append({"role": "system", "content": student_prompt.system})
-    messages.append({"role": "user", "content": student_prompt.instruction.format(prompt=query)})
-    messages.append({"role": "assistant", "content": response})
-    return messages
+    """The student's own prompt (as evaluation and provenance render it), then the reply."""
+    from distill_dag.generation.prompts import chat_messages
+
+    return [*chat_messages(student_prompt, query), {"role": "assistant", "content": response}]
 
 
 def _seeded_order(keys: pl.Series, seed: int) -> pl.Series:
@@ -145,3 +143,10 @@ def dataset_jsonl(dataset: pl.DataFrame) -> bytes:
     lines = [json.dumps(row, ensure_ascii=False) + "\n"
              for row in dataset.select("messages", "query_id", "teacher").iter_rows(named=True)]
     return "".join(lines).encode()
+
+
+def dataset_version(dataset: pl.DataFrame) -> str:
+    """filtered_dataset's data version: the first 16 hex digits of its JSONL export's sha256."""
+    import hashlib
+
+    return hashlib.sha256(dataset_jsonl(dataset)).hexdigest()[:16]

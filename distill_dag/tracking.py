@@ -27,6 +27,18 @@ class TrackingUnavailableError(RuntimeError):
     """The configured MLflow tracking server cannot be reached."""
 
 
+def redact_uri(uri: str) -> str:
+    """The URI without any user:password@ part: what may be stored, logged or shown."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def local_tracking_uri(home: str | os.PathLike) -> str:
     db = Path(home).resolve() / "mlflow" / "mlflow.db"
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -34,13 +46,21 @@ def local_tracking_uri(home: str | os.PathLike) -> str:
 
 
 def _check_reachable(uri: str, timeout_s: float) -> None:
-    """A GET on the server's /health endpoint (http and https URIs only)."""
+    """A GET on the server's /health endpoint (http and https URIs only). Credentials in the URI
+    travel as a basic-auth header; messages show the URI without them."""
+    import base64
     import urllib.error
     import urllib.request
+    from urllib.parse import unquote, urlsplit
 
-    url = uri.rstrip("/") + "/health"
+    parts = urlsplit(uri)
+    uri = redact_uri(uri)
+    request = urllib.request.Request(uri.rstrip("/") + "/health")
+    if parts.username is not None:
+        pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             if response.status >= 500:
                 raise TrackingUnavailableError(f"MLflow server {uri} answered {response.status}")
     except urllib.error.HTTPError as exc:
@@ -75,9 +95,10 @@ class Tracker:
         return TrackedRun(client, run.info.run_id, self)
 
     def run_url(self, run_id: str) -> str:
-        if self.uri.startswith(("http://", "https://")):
-            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
-        return f"{self.uri} experiment {self.experiment_id} run {run_id}"
+        uri = redact_uri(self.uri)
+        if uri.startswith(("http://", "https://")):
+            return f"{uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        return f"{uri} experiment {self.experiment_id} run {run_id}"
 
 
 class TrackedRun:
@@ -142,7 +163,7 @@ def open_tracker(cfg: TrackingConfig, home: str | os.PathLike) -> Tracker | None
         except TrackingUnavailableError as exc:
             if cfg.on_unreachable != "local":
                 raise
-            note = f"{exc}; logging to the local database instead"
+            note = f"{exc}; logging to the local database {local_tracking_uri(home)} instead"
             log.warning(note)
             uri = local_tracking_uri(home)
     client = MlflowClient(tracking_uri=uri)

@@ -71,6 +71,21 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
     assert (a.high - a.low) == pytest.approx(2 * 1.96 * se, rel=0.2)
 
 
+def test_paired_interval_is_narrower_than_unpaired_for_correlated_scores():
+    """The distilled model mostly solves what the base solves plus some: pairing by query
+    removes the shared per-query difficulty, which an unpaired interval would count as noise."""
+    rng = np.random.default_rng(4)
+    base = (rng.random(300) < 0.5).astype(float)
+    distilled = base.copy()
+    flips = rng.choice(np.flatnonzero(base == 0), size=30, replace=False)
+    distilled[flips] = 1.0  # +0.1, query by query
+    paired = paired_bootstrap_mean_diff(distilled, base, resamples=2000)
+    assert paired.estimate == pytest.approx(0.1)
+    unpaired_se = np.sqrt(distilled.var(ddof=1) / 300 + base.var(ddof=1) / 300)
+    assert (paired.high - paired.low) < 0.5 * (2 * 1.96 * unpaired_se)
+    assert paired.low > 0  # significant paired, though not unpaired (0.1 < 1.96 * se * 2)
+
+
 def test_bootstrap_of_no_difference_includes_zero():
     rng = np.random.default_rng(2)
     x = (rng.random(100) < 0.5).astype(float)

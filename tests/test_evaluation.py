@@ -87,6 +87,21 @@ def test_test_time_provenance_with_three_models(evaluated, queries):
     expected = ["shared" if abs(d) <= 0.05 else "teacher" if d > 0.1 else "student"
                 if d < -0.1 else "boosted" for d in d_ts]
     assert sentences["category"].to_list() == expected
+    # Wiring: lp_teacher is the answer scored in the teacher's (few-shot) context.
+    from distill_dag.generation.prompts import render_prompt
+    from distill_dag.models import load_model
+    from distill_dag.provenance.run import sentence_means
+    from distill_dag.provenance.scoring import score_responses
+    from distill_dag.provenance.sentences import split_sentences
+
+    row = base.greedy.row(0, named=True)
+    loaded = load_model(SMOLLM, "cpu", "fp32")
+    prompt = dict(zip(held_out["query_id"], held_out["prompt"], strict=True))[row["query_id"]]
+    [direct] = score_responses(loaded, [render_prompt(teacher.prompt, prompt, loaded.tokenizer)
+                                        + row["response_lead"]], [row["response"]])
+    expected_lp = sentence_means(row["response"], direct, split_sentences(row["response"]))
+    got = sentences.filter(pl.col("query_id") == row["query_id"])["lp_teacher"].to_numpy()
+    assert got == pytest.approx(expected_lp, abs=1e-6)
     # The few-shot teacher context changes the probabilities: not everything is Shared.
     assert set(expected) != {"shared"}
     shares = category_shares(sentences)

@@ -18,7 +18,6 @@ def _free_port() -> int:
 
 def test_run_logs_params_loss_curve_and_artifacts_to_local_sqlite(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "secret-token-123")
     tracker = open_tracker(TrackingConfig(experiment="t"), tmp_path)
     assert tracker.uri == local_tracking_uri(tmp_path)
     assert tracker.uri.startswith("sqlite:///") and (tmp_path / "mlflow" / "mlflow.db").exists()
@@ -36,7 +35,6 @@ def test_run_logs_params_loss_curve_and_artifacts_to_local_sqlite(tmp_path, monk
     got = client.get_run(run.run_id)
     assert got.info.status == "FINISHED"
     assert got.data.params == {"lr": "0.0003", "method": "lora"}
-    assert "secret-token-123" not in str(got.data.params) + str(got.data.tags)
     history = client.get_metric_history(run.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5)]  # NaN is skipped
     assert [a.path for a in client.list_artifacts(run.run_id, "reports")] == ["reports/note.txt"]
@@ -51,6 +49,20 @@ def test_unreachable_server_is_a_clear_error(tmp_path):
     uri = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(TrackingUnavailableError, match=r"unreachable.*on_unreachable: local"):
         open_tracker(TrackingConfig(tracking_uri=uri, timeout_s=1), tmp_path)
+
+
+def test_credentials_in_the_uri_never_reach_messages(tmp_path):
+    from distill_dag.tracking import redact_uri
+
+    assert redact_uri("https://me:s3cret@mlflow.example.com:8443/x") == \
+        "https://mlflow.example.com:8443/x"
+    assert redact_uri("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    port = _free_port()
+    with pytest.raises(TrackingUnavailableError) as info:
+        open_tracker(TrackingConfig(tracking_uri=f"http://me:s3cret@127.0.0.1:{port}",
+                                    timeout_s=1), tmp_path)
+    assert f"http://127.0.0.1:{port} is unreachable" in str(info.value)
+    assert "s3cret" not in str(info.value)  # and the host was parsed right (not "me:s3cret@")
 
 
 def test_unreachable_server_can_fall_back_to_local_and_says_so(tmp_path):

@@ -67,7 +67,7 @@ def test_trl_packs_our_examples_without_losing_supervised_tokens(smollm_fp32, tm
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(smollm_fp32.resolved.hf_dir)
-    trainer = SFTTrainer(model=model, args=sft_config(cfg, tmp_path, "cpu", False),
+    trainer = SFTTrainer(model=model, args=sft_config(cfg, tmp_path, "cpu", False, True),
                          train_dataset=to_dataset(tokenized), processing_class=tok)
     packed = trainer.train_dataset
     assert len(packed) < len(tokenized.examples)  # several examples per row
@@ -78,9 +78,23 @@ def test_trl_packs_our_examples_without_losing_supervised_tokens(smollm_fp32, tm
     assert "attention_mask" not in batch and "position_ids" in batch  # padding-free
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_checkpoint_round_trip_gives_the_same_logits(tmp_path, method):
-    result = train_student(_records(), SMOLLM, _cfg(method=method), tmp_path / method,
+def test_packing_auto_packs_only_with_a_varlen_attention_kernel(smollm_fp32):
+    from types import SimpleNamespace
+
+    from distill_dag.training.train import use_packing
+
+    assert smollm_fp32.model.config._attn_implementation == "sdpa"
+    assert use_packing(TrainingConfig(), smollm_fp32.model) is False
+    flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
+    assert use_packing(TrainingConfig(), flash) is True
+    assert use_packing(TrainingConfig(packing=True), smollm_fp32.model) is True
+    assert use_packing(TrainingConfig(packing=False), flash) is False
+
+
+@pytest.mark.parametrize("method,packing", [("lora", False), ("full", True)])
+def test_checkpoint_round_trip_gives_the_same_logits(tmp_path, method, packing):
+    result = train_student(_records(), SMOLLM, _cfg(method=method, packing=packing),
+                           tmp_path / method,
                            info={"dataset_version": "abc"}, device="cpu", show_progress=False,
                            keep_model=True)
     assert result.trained_now and result.global_step == 2 and result.steps_run == 2
@@ -104,6 +118,25 @@ def test_checkpoint_round_trip_gives_the_same_logits(tmp_path, method):
     assert marker["dataset_version"] == "abc" and marker["method"] == method
     assert marker["checkpoint_hash"] == result.checkpoint_hash
     assert not (result.path / "adapter_config.json").exists()  # LoRA is merged
+
+
+def test_one_epoch_trains_on_every_supervised_token_once(tmp_path, smollm_fp32):
+    cfg = TrainingConfig(epochs=1, batch_size=2, max_length=128, save_steps=100, dtype="fp32")
+    result = train_student(_records(), SMOLLM, cfg, tmp_path, device="cpu", show_progress=False)
+    expected = tokenize_records(smollm_fp32.tokenizer, _records(), 128).supervised_tokens
+    assert result.supervised_tokens_trained == expected == result.supervised_tokens_per_epoch
+    assert not (tmp_path / "trainer").exists()  # resumable state is dropped once finished
+
+
+def test_a_checkpoint_killed_mid_save_is_skipped(tmp_path):
+    from distill_dag.training.train import last_complete_checkpoint
+
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-3").mkdir()  # weights written, trainer_state.json never was
+    assert last_complete_checkpoint(tmp_path).endswith("checkpoint-2")
+    assert not (tmp_path / "checkpoint-3").exists()
+    assert last_complete_checkpoint(tmp_path / "checkpoint-2") is None  # no checkpoints inside
 
 
 def test_a_finished_run_is_reused_without_training(tmp_path):
@@ -162,4 +195,12 @@ def test_config_validation_names_the_field():
     with pytest.raises(ConfigError, match="unknown key"):
         TrainingConfig.from_dict({"epoch": 2})
     assert TrainingConfig(save_steps=5).fingerprint() == TrainingConfig(save_steps=7).fingerprint()
+    assert TrainingConfig(epochs=2).fingerprint() == TrainingConfig(epochs=2.0).fingerprint()
+    with pytest.raises(ConfigError, match="lr_scheduler must be one of"):
+        TrainingConfig.from_dict({"lr_scheduler": "cosin"})
+    from transformers.trainer_utils import SchedulerType
+
+    from distill_dag.training.config import LR_SCHEDULERS
+
+    assert set(LR_SCHEDULERS) <= {s.value for s in SchedulerType}
     assert TrainingConfig(epochs=1).fingerprint() != TrainingConfig(epochs=2).fingerprint()

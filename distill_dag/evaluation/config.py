@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from distill_dag.configbase import build_config, stable_hash
-from distill_dag.training.config import _number, _positive_int
+from distill_dag.configbase import check_int as _positive_int
+from distill_dag.configbase import check_number as _number
 
 
 @dataclass

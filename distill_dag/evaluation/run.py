@@ -191,7 +191,9 @@ def score_test_time_provenance(
     """One row per sentence of the distilled model's `answers`, with p under teacher, student,
     distilled and its category (categorize_three_way with prov.alpha and prov.beta)."""
     prompts = dict(zip(queries["query_id"], queries["prompt"], strict=True))
-    rows = answers.select("query_id", "response", "correct").to_dicts()
+    if "response_lead" not in answers.columns:
+        answers = answers.with_columns(pl.lit("").alias("response_lead"))
+    rows = answers.select("query_id", "response", "response_lead", "correct").to_dicts()
     responses = [r["response"] for r in rows]
     contexts = [("teacher", teacher.model, teacher.prompt), ("student", student.model,
                 student.prompt), ("distilled", distilled_model, student.prompt)]
@@ -199,8 +201,11 @@ def score_test_time_provenance(
     for name, model, prompt in contexts:
         loaded = load_model(model, device, dtype)
         plain = resolve_style(prompt, loaded.tokenizer.chat_template is not None) == "plain"
+        # The whitespace the distilled model emitted before its answer precedes the answer in
+        # every context; a plain prompt ("... Answer:") is followed by a space in any case, as
+        # the plain-style teacher itself generates one (see provenance.run).
         rendered = [render_prompt(prompt, prompts[r["query_id"]], loaded.tokenizer)
-                    for r in rows]
+                    + (r["response_lead"] or (" " if plain else "")) for r in rows]
         scores[name], *_ = score_cached(store, loaded, rendered, responses, prov, plain,
                                         f"test-time {name}", show_progress)
     out: dict[str, list] = {k: [] for k in ("query_id", "correct", "sentence_index", "text",

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 IGNORE_INDEX = -100  # label of tokens that carry no loss (the prompt)
+# Bump when the way records become tokens and labels changes: it is part of the checkpoint's run
+# key, so a fix here retrains instead of reusing a checkpoint built the old way.
+TOKENIZATION_VERSION = "1"
 
 
 class TrainingDataError(ValueError):
@@ -83,6 +86,12 @@ def render_split(tokenizer: Any, messages: list[dict[str, str]], where: str) -> 
     return prompt, reply
 
 
+def check_record(tokenizer: Any, messages: Any, where: str) -> tuple[str, str]:
+    """Validate one chat record and split it into (prompt text, reply text); errors name
+    `where`. The chat_schema check of filtered_dataset and training share this."""
+    return render_split(tokenizer, _check_messages(messages, where), where)
+
+
 def tokenize_records(
     tokenizer: Any,
     messages_column: Sequence[Any],
@@ -96,8 +105,7 @@ def tokenize_records(
     out = TokenizedDataset(examples=[])
     for index, messages in enumerate(messages_column):
         where = f"{source} record {index}"
-        turns = _check_messages(messages, where)
-        prompt, reply = render_split(tokenizer, turns, where)
+        prompt, reply = check_record(tokenizer, messages, where)
         prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         reply_ids = list(tokenizer(reply, add_special_tokens=False)["input_ids"])
         if not reply_ids:

@@ -24,7 +24,7 @@ from typing import Any
 
 from distill_dag.models import cpu_supports_bf16, hf_folder_fingerprint, pick_device, resolve_model
 from distill_dag.training.config import TrainingConfig
-from distill_dag.training.data import TokenizedDataset, tokenize_records
+from distill_dag.training.data import IGNORE_INDEX, TokenizedDataset, tokenize_records
 
 MARKER = "distill_dag_checkpoint.json"  # written last: its presence means the folder is complete
 log = logging.getLogger(__name__)
@@ -44,8 +44,9 @@ class TrainingResult:
     tokens_per_epoch: int = 0  # all tokens of the kept examples
     supervised_tokens_per_epoch: int = 0  # tokens with loss (the assistant replies)
     seconds: float = 0.0  # wall time of trainer.train() in this call
-    supervised_tokens_per_s: float = 0.0
-    peak_rss_gb: float = 0.0
+    supervised_tokens_trained: int = 0  # loss-carrying tokens the model trained on in this call
+    supervised_tokens_per_s: float = 0.0  # the same per second of trainer.train()
+    peak_rss_gb: float = 0.0  # the process's peak RSS (includes earlier steps of an in-process run)
     precision: str = "fp32"
     info: dict[str, Any] = field(default_factory=dict)  # the marker file's content
     model: Any = None  # the trained model in memory, only with train_student(keep_model=True)
@@ -61,8 +62,16 @@ def use_bf16(cfg: TrainingConfig, device: str) -> bool:
     return cpu_supports_bf16()
 
 
+def use_packing(cfg: TrainingConfig, model: Any) -> bool:
+    """Resolve packing "auto": padding-free packing pays only with a varlen attention kernel."""
+    if cfg.packing != "auto":
+        return bool(cfg.packing)
+    implementation = str(getattr(model.config, "_attn_implementation", "") or "")
+    return "flash" in implementation
+
+
 def sft_config(cfg: TrainingConfig, output_dir: Path, device: str, show_progress: bool,
-               **overrides: Any):
+               packing: bool, **overrides: Any):
     """The SFTConfig for our settings (also used by the benchmark, which overrides parts)."""
     from trl import SFTConfig
 
@@ -78,8 +87,10 @@ def sft_config(cfg: TrainingConfig, output_dir: Path, device: str, show_progress
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
         max_length=cfg.max_length,
-        packing=cfg.packing,
+        packing=packing,
         packing_strategy="bfd",
+        # Unpacked: batch examples of similar length together, so little compute pads.
+        train_sampling_strategy="random" if packing else "group_by_length",
         # Small students train fastest without recomputation; TRL turns checkpointing on by default.
         gradient_checkpointing=False,
         bf16=use_bf16(cfg, device),
@@ -116,6 +127,36 @@ def to_dataset(tokenized: TokenizedDataset):
 
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def last_complete_checkpoint(trainer_dir: Path) -> str | None:
+    """The newest checkpoint-N folder that was saved completely, deleting newer partial ones.
+
+    transformers writes trainer_state.json last; a folder without it is what a kill during a
+    save leaves behind, and resuming from it would fail on every rerun."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    while (last := get_last_checkpoint(str(trainer_dir))) is not None:
+        state = Path(last) / "trainer_state.json"
+        try:
+            json.loads(state.read_text())
+            return last
+        except (OSError, json.JSONDecodeError):
+            log.warning("training: %s was not saved completely (killed mid-save?); deleting it "
+                        "and resuming from the one before", last)
+            shutil.rmtree(last)
+    return None
+
+
+def _count_supervised(collator, counter: dict[str, int]):
+    """Wrap a collator to count the loss-carrying tokens it hands to the model."""
+
+    def wrapped(examples):
+        batch = collator(examples)
+        counter["supervised"] += int((batch["labels"] != IGNORE_INDEX).sum())
+        return batch
+
+    return wrapped
 
 
 def read_finished(path: Path) -> dict[str, Any] | None:
@@ -164,7 +205,6 @@ def train_student(
     the trained (merged) model in memory too, as ``result.model``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     run_dir = Path(run_dir)
@@ -192,13 +232,15 @@ def train_student(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     trainer_dir = run_dir / "trainer"
     trainer_dir.mkdir(parents=True, exist_ok=True)
-    args = sft_config(cfg, trainer_dir, real_device, show_progress)
+    args = sft_config(cfg, trainer_dir, real_device, show_progress, use_packing(cfg, model))
     extra = list(callbacks) + ([_ForwardLogs(on_log)] if on_log else [])
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=to_dataset(tokenized), processing_class=tokenizer,
         peft_config=_lora_config(cfg) if cfg.method == "lora" else None, callbacks=extra or None,
     )
-    last = get_last_checkpoint(str(trainer_dir))
+    counter = {"supervised": 0}
+    trainer.data_collator = _count_supervised(trainer.data_collator, counter)
+    last = last_complete_checkpoint(trainer_dir)
     resumed_from = int(last.rsplit("-", 1)[-1]) if last else 0
     if last:
         log.info("training: resuming from %s (step %d)", last, resumed_from)
@@ -210,8 +252,6 @@ def train_student(
     history = [{k: float(v) for k, v in entry.items() if isinstance(v, int | float)}
                for entry in state.log_history]
     steps_run = state.global_step - resumed_from
-    supervised = tokenized.supervised_tokens * steps_run / max(state.max_steps, 1) \
-        * state.num_train_epochs
 
     trained = trainer.model
     if cfg.method == "lora":
@@ -236,6 +276,9 @@ def train_student(
     (staging / MARKER).write_text(json.dumps(marker, indent=2, default=str))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
+    # The resumable state (optimizer included: ~3x the model per checkpoint) has served its
+    # purpose once the finished folder is in place.
+    shutil.rmtree(trainer_dir, ignore_errors=True)
     return TrainingResult(
         path=final, checkpoint_hash=checkpoint_hash, trained_now=True,
         global_step=state.global_step, resumed_from_step=resumed_from, steps_run=steps_run,
@@ -243,7 +286,9 @@ def train_student(
         dropped_too_long=len(tokenized.dropped_too_long),
         tokens_per_epoch=tokenized.tokens,
         supervised_tokens_per_epoch=tokenized.supervised_tokens, seconds=seconds,
-        supervised_tokens_per_s=supervised / max(seconds, 1e-9), peak_rss_gb=_peak_rss_gb(),
+        supervised_tokens_trained=counter["supervised"],
+        supervised_tokens_per_s=counter["supervised"] / max(seconds, 1e-9),
+        peak_rss_gb=_peak_rss_gb(),
         precision="bf16 autocast" if args.bf16 else "fp32", info=marker,
         model=trained if keep_model else None,
     )
