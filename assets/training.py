@@ -121,7 +121,7 @@ def build(project: ProjectConfig) -> list:
                                 for h in result.loss_history)
                 run.log_metrics({"train_seconds": result.seconds,
                                  "supervised_tokens_per_s": result.supervised_tokens_per_s,
-                                 "peak_rss_gb": result.peak_rss_gb,
+                                 "process_peak_rss_gb": result.peak_rss_gb,
                                  "examples": result.examples}, step=result.global_step)
                 run.set_tags({"checkpoint_hash": result.checkpoint_hash,
                               "checkpoint_path": str(result.path)})
@@ -171,7 +171,7 @@ def build(project: ProjectConfig) -> list:
         if result.trained_now:
             metadata.update({"train_seconds": round(result.seconds, 1),
                              "supervised_tokens_per_s": round(result.supervised_tokens_per_s, 1),
-                             "peak_rss_gb": round(result.peak_rss_gb, 2),
+                             "process_peak_rss_gb": round(result.peak_rss_gb, 2),
                              "precision": result.precision,
                              "dropped_too_long": result.dropped_too_long})
         if info.get("mlflow_run_id"):

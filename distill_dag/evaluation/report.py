@@ -45,8 +45,8 @@ def plot_accuracy(cmp: Comparison, path: Path) -> None:
            [cmp.accuracy[x].high - e for e, x in zip(est, labels, strict=True)]]
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     ax.bar(labels, est, yerr=err, capsize=8, color=["#9e9e9e", "#1f77b4"])
-    for i, e in enumerate(est):
-        ax.text(i, e + 0.02, f"{e:.2f}", ha="center")
+    for i, e in enumerate(est):  # beside the bar, clear of the error bar
+        ax.text(i + 0.12, e + 0.01, f"{e:.2f}", ha="left", va="bottom")
     ax.set_ylim(0, 1)
     ax.set_ylabel("greedy pass@1")
     ax.set_title(f"Held-out accuracy ({cmp.gain.confidence:.0%} bootstrap intervals)")
