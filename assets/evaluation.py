@@ -152,7 +152,7 @@ def build(project: ProjectConfig) -> list:
         mlflow_meta = {}
         if tracker is not None:
             run = tracker.start_run(f"eval_report {ckpt['checkpoint_hash']}", tags={
-                "distill_dag.stage": "eval_report", "dagster.run_id": context.run_id,
+                "distill_dag.stage": "eval_report", "dagster.run_id": context.run.run_id,
                 "checkpoint_hash": ckpt["checkpoint_hash"]})
             run.log_params({f"evaluation.{k}": v for k, v in ecfg.__dict__.items()}
                            | {"checkpoint_path": ckpt["path"], "queries": cmp.queries})

@@ -87,7 +87,7 @@ def build(project: ProjectConfig) -> list:
                     context.log.warning(tracker.fallback_note)
                 run = tracker.start_run(f"distilled_checkpoint {run_key}", tags={
                     "distill_dag.stage": "distilled_checkpoint",
-                    "dagster.run_id": context.run_id, "dataset_version": dataset_version})
+                    "dagster.run_id": context.run.run_id, "dataset_version": dataset_version})
                 run.log_params({**_flat_params(cfg.training), "student.model": cfg.student.model,
                                 "student.fingerprint": resolved.fingerprint,
                                 "dataset_version": dataset_version, "records": data.height})
