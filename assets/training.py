@@ -85,9 +85,21 @@ def build(project: ProjectConfig) -> list:
             if tracker is not None:
                 if tracker.fallback_note:
                     context.log.warning(tracker.fallback_note)
-                run = tracker.start_run(f"distilled_checkpoint {run_key}", tags={
-                    "distill_dag.stage": "distilled_checkpoint",
-                    "dagster.run_id": context.run.run_id, "dataset_version": dataset_version})
+                # A run killed mid-training resumes from its saved step, and into its MLflow run.
+                run_id_file = os.path.join(run_dir, "mlflow_run_id")
+                if os.path.exists(run_id_file):
+                    with open(run_id_file) as handle:
+                        run = tracker.resume_run(handle.read().strip())
+                    if run is not None:
+                        context.log.info(f"continuing MLflow run {run.run_id}")
+                if run is None:
+                    run = tracker.start_run(f"distilled_checkpoint {run_key}", tags={
+                        "distill_dag.stage": "distilled_checkpoint",
+                        "dagster.run_id": context.run.run_id,
+                        "dataset_version": dataset_version})
+                    os.makedirs(run_dir, exist_ok=True)
+                    with open(run_id_file, "w") as handle:
+                        handle.write(run.run_id)
                 run.log_params({**_flat_params(cfg.training), "student.model": cfg.student.model,
                                 "student.fingerprint": resolved.fingerprint,
                                 "dataset_version": dataset_version, "records": data.height})

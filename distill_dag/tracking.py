@@ -94,6 +94,21 @@ class Tracker:
         run = client.create_run(self.experiment_id, run_name=name, tags=dict(tags or {}))
         return TrackedRun(client, run.info.run_id, self)
 
+    def resume_run(self, run_id: str) -> TrackedRun | None:
+        """Reopen a run of this experiment (e.g. one whose process was killed), or None if it
+        is not there (another tracking server, or deleted)."""
+        from mlflow.exceptions import MlflowException
+
+        client = self._client()
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            return None
+        if run.info.experiment_id != self.experiment_id or run.info.lifecycle_stage != "active":
+            return None
+        client.update_run(run_id, status="RUNNING")
+        return TrackedRun(client, run_id, self)
+
     def run_url(self, run_id: str) -> str:
         uri = redact_uri(self.uri)
         if uri.startswith(("http://", "https://")):

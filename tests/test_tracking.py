@@ -45,6 +45,21 @@ def test_run_logs_params_loss_curve_and_artifacts_to_local_sqlite(tmp_path, monk
         tracker.experiment_id
 
 
+def test_a_killed_run_can_be_resumed_and_finished(tmp_path):
+    tracker = open_tracker(TrackingConfig(experiment="r"), tmp_path)
+    run = tracker.start_run("train")  # its process dies: the run stays RUNNING
+    again = tracker.resume_run(run.run_id)
+    again.log_metrics({"loss": 0.5}, step=3)
+    again.end()
+    from mlflow.tracking import MlflowClient
+
+    got = MlflowClient(tracking_uri=tracker.uri).get_run(run.run_id)
+    assert got.info.status == "FINISHED" and got.data.metrics == {"loss": 0.5}
+    assert tracker.resume_run("0" * 32) is None
+    other = open_tracker(TrackingConfig(experiment="other"), tmp_path)
+    assert other.resume_run(run.run_id) is None  # not this experiment's run
+
+
 def test_unreachable_server_is_a_clear_error(tmp_path):
     uri = f"http://127.0.0.1:{_free_port()}"
     with pytest.raises(TrackingUnavailableError, match=r"unreachable.*on_unreachable: local"):
