@@ -4,6 +4,7 @@
 import base64
 import os
 import time
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -125,8 +126,6 @@ def build(project: ProjectConfig) -> list:
                   "decoding": f"greedy + {ecfg.num_samples} samples at T={ecfg.temperature}, "
                               f"max {ecfg.max_new_tokens} new tokens, same prompt for both",
                   "provenance teacher": teacher.name if teacher else "not computed"}
-        from pathlib import Path
-
         report = write_report(Path(out_dir), cmp, base, distilled, shares, queries, header,
                               ecfg.max_new_tokens)
         seconds = time.perf_counter() - started

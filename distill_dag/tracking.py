@@ -109,12 +109,6 @@ class Tracker:
         client.update_run(run_id, status="RUNNING")
         return TrackedRun(client, run_id, self)
 
-    def run_url(self, run_id: str) -> str:
-        uri = redact_uri(self.uri)
-        if uri.startswith(("http://", "https://")):
-            return f"{uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
-        return f"{uri} experiment {self.experiment_id} run {run_id}"
-
 
 class TrackedRun:
     """One MLflow run: params, metrics (with steps), artifacts; close with ``end``."""
@@ -154,10 +148,6 @@ class TrackedRun:
 
     def end(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status=status)
-
-    @property
-    def url(self) -> str:
-        return self.tracker.run_url(self.run_id)
 
 
 def open_tracker(cfg: TrackingConfig, home: str | os.PathLike) -> Tracker | None:

@@ -24,6 +24,7 @@ from distill_dag.evaluation.metrics import (
     bootstrap_mean,
     mean_pass_at_k,
     paired_bootstrap_mean_diff,
+    pass_at_k,
 )
 from distill_dag.generation.config import (
     PromptConfig,
@@ -165,8 +166,6 @@ def compare(base: ModelEval, distilled: ModelEval, cfg: EvalConfig) -> Compariso
                 DISTILLED: bootstrap_mean(joined["greedy_correct_d"].to_numpy(), **ci)}
     gains_at_k = {}
     if base.sampled is not None and distilled.sampled is not None:
-        from distill_dag.evaluation.metrics import pass_at_k
-
         for k in cfg.reported_k:
             per_b = [pass_at_k(n, c, k) for n, c in zip(joined["n"], joined["c"], strict=True)]
             per_d = [pass_at_k(n, c, k) for n, c in zip(joined["n_d"], joined["c_d"],
