@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import corpus, dataset, evaluation, provenance, selection, teachers, training
+from assets import corpus, dataset, evaluation, provenance, selection, sources, teachers, training
 from distill_dag.config import ProjectConfig
 
 ASSET_ORDER = ["query_corpus", "teacher_outputs", "provenance_scores", "teacher_selection",
@@ -18,6 +18,7 @@ def teacher_partitions(project: ProjectConfig) -> dg.StaticPartitionsDefinition:
 def build_assets(project: ProjectConfig) -> list:
     partitions = teacher_partitions(project)
     return [
+        *sources.build(project, partitions),
         *corpus.build(project),
         *teachers.build(project, partitions),
         *provenance.build(project, partitions),

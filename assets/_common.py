@@ -8,12 +8,52 @@ import json
 import dagster as dg
 import polars as pl
 
+from distill_dag.config import ProjectConfig
+
 
 def content_version(frame: pl.DataFrame, columns: list[str]) -> dg.DataVersion:
     """A data version from the content of `columns` (row order does not matter)."""
     rows = frame.select(columns).sort(columns).rows()
     digest = hashlib.sha256(json.dumps(rows, default=str).encode()).hexdigest()[:16]
     return dg.DataVersion(digest)
+
+
+WORK_PREFIX = "work/"
+
+
+def fail(description: str) -> dg.Failure:
+    """A step failure caused by config or data: retrying cannot help, so it is not retried."""
+    return dg.Failure(description=description, allow_retries=False)
+
+
+def retry_policy(project: ProjectConfig) -> dg.RetryPolicy | None:
+    """Retries for GPU steps (see OrchestrationConfig.retries); errors in config or data are
+    raised as dg.Failure(allow_retries=False) and fail at once."""
+    cfg = project.orchestration
+    if not cfg.retries:
+        return None
+    return dg.RetryPolicy(max_retries=cfg.retries, delay=cfg.retry_delay_s,
+                          backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+def stale_or_updated() -> dg.AutomationCondition:
+    """Declarative Automation for every stage: request an asset (partition) when it is missing,
+    its code version changed, or an input was updated; wait while an input is missing or
+    running, and never run it twice at once. Evaluated by the distill_automation sensor."""
+    return (
+        (dg.AutomationCondition.newly_missing()
+         | dg.AutomationCondition.code_version_changed()
+         | dg.AutomationCondition.any_deps_updated()).since_last_handled()
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("stale_or_updated")
+
+
+def work_counters(**counts: int) -> dict[str, dg.MetadataValue]:
+    """Metadata entries that count the expensive work a step did (not what it reused), e.g.
+    work/tokens_generated. The stale command sums them over a run to show what was recomputed."""
+    return {WORK_PREFIX + name: dg.MetadataValue.int(int(value)) for name, value in counts.items()}
 
 
 def preview(frame: pl.DataFrame, columns: list[str], rows: int = 5, width: int = 80

@@ -6,7 +6,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import content_version, preview
+from assets._common import content_version, fail, preview, stale_or_updated
 from distill_dag.config import ProjectConfig
 from distill_dag.corpus import EmptyCorpusError, build_corpus, dedup_key
 from distill_dag.corpus.curate import ngrams, word_tokens
@@ -22,7 +22,9 @@ def _grams(text: str, n: int) -> set[tuple[str, ...]]:
 def build(project: ProjectConfig) -> list:
     @dg.asset(
         group_name="distill",
-        code_version=f"{STAGE_VERSION}+{project.section_hash('corpus')}",
+        automation_condition=stale_or_updated(),
+        deps=["corpus_files"],
+        code_version=f"{STAGE_VERSION}+{project.corpus_settings_hash()}",
         kinds={"duckdb", "polars"},
         check_specs=[
             dg.AssetCheckSpec("no_eval_leakage", asset="query_corpus", blocking=True,
@@ -39,11 +41,14 @@ def build(project: ProjectConfig) -> list:
                      store: StoreResource):
         cfg = project.load()
         started = time.perf_counter()
-        try:
-            result = build_corpus(cfg.corpus)
-        except EmptyCorpusError as exc:
-            raise dg.Failure(description=f"query_corpus: {exc}") from exc
         db = store.store()
+        previous = db.read_table("queries") if db.table_exists("queries") else None
+        try:
+            result = build_corpus(cfg.corpus, previous)
+        except (EmptyCorpusError, FileNotFoundError) as exc:
+            raise fail(f"query_corpus: {exc}") from exc
+        for warning in result.warnings:
+            context.log.warning(warning)
         db.write_table("queries", result.queries)
         db.write_table("quarantine", result.quarantine)
         queries = result.queries
@@ -65,6 +70,8 @@ def build(project: ProjectConfig) -> list:
                 **{k: dg.MetadataValue.int(int(v)) for k, v in result.stats.items()},
                 "dagster/row_count": queries.height,
                 "seconds": round(time.perf_counter() - started, 3),
+                "vanished_files": dg.MetadataValue.md("\n".join(f"- {w}" for w in result.warnings)
+                                                      or "none"),
                 "preview": preview(queries, ["query_id", "split", "difficulty", "prompt",
                                              "reference_answer"]),
                 "quarantine_preview": preview(result.quarantine, ["source_file", "line", "field",

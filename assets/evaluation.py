@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from assets._common import fail, retry_policy, stale_or_updated, work_counters
 from distill_dag.config import ProjectConfig
 from distill_dag.configbase import stable_hash
 from distill_dag.evaluation.report import verdict_line, write_report
@@ -36,6 +37,8 @@ def _embedded_png(path: str, title: str) -> str:
 def build(project: ProjectConfig) -> list:
     @dg.asset(
         group_name="distill",
+        automation_condition=stale_or_updated(),
+        retry_policy=retry_policy(project),
         deps=["distilled_checkpoint", "teacher_selection", "query_corpus"],
         code_version=f"{STAGE_VERSION}+"
                      f"{project.section_hash('evaluation', 'student', 'provenance')}",
@@ -61,23 +64,23 @@ def build(project: ProjectConfig) -> list:
         checkpoint = db.read_table("distilled_checkpoint") \
             if db.table_exists("distilled_checkpoint") else None
         if checkpoint is None or checkpoint.height == 0:
-            raise dg.Failure(description="eval_report: no distilled checkpoint is registered; "
+            raise fail("eval_report: no distilled checkpoint is registered; "
                                          "materialize distilled_checkpoint first")
         ckpt = checkpoint.row(0, named=True)
         if not os.path.exists(ckpt["path"]):
-            raise dg.Failure(description=f"eval_report: the registered checkpoint folder "
+            raise fail(f"eval_report: the registered checkpoint folder "
                                          f"{ckpt['path']} is gone; rematerialize "
                                          "distilled_checkpoint")
         try:
             queries = eval_queries(db.read_table("queries"), ecfg)
         except ValueError as exc:
-            raise dg.Failure(description=f"eval_report: {exc}") from exc
+            raise fail(f"eval_report: {exc}") from exc
         tracker = None
         if cfg.tracking.enabled:
             try:
                 tracker = open_tracker(cfg.tracking, store.home)
             except TrackingUnavailableError as exc:
-                raise dg.Failure(description=f"eval_report: {exc}") from exc
+                raise fail(f"eval_report: {exc}") from exc
 
         teacher = None
         if ecfg.provenance:  # resolve the teacher before minutes of generation, not after
@@ -90,7 +93,7 @@ def build(project: ProjectConfig) -> list:
             try:
                 teacher = cfg.teacher(teacher_name)
             except KeyError as exc:
-                raise dg.Failure(description=f"eval_report: evaluation.provenance_teacher: "
+                raise fail(f"eval_report: evaluation.provenance_teacher: "
                                              f"{exc.args[0]}") from exc
         common = dict(store=db, device=runtime.device, dtype=runtime.dtype,
                       show_progress=runtime.show_progress)
@@ -181,6 +184,9 @@ def build(project: ProjectConfig) -> list:
                 "generated_now": base.generated + distilled.generated,
                 "tokens_generated_now": base.tokens_generated + distilled.tokens_generated,
                 "seconds": round(seconds, 1),
+                **work_counters(eval_generations=base.generated + distilled.generated,
+                                eval_tokens_generated=base.tokens_generated
+                                + distilled.tokens_generated),
                 "checkpoint_hash": ckpt["checkpoint_hash"],
                 **numeric,
                 **mlflow_meta,

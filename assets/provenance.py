@@ -4,7 +4,14 @@
 import dagster as dg
 import polars as pl
 
-from assets._common import content_version, preview
+from assets._common import (
+    content_version,
+    fail,
+    preview,
+    retry_policy,
+    stale_or_updated,
+    work_counters,
+)
 from distill_dag.config import ProjectConfig
 from distill_dag.models import ModelResolutionError, load_model
 from distill_dag.provenance.run import score_provenance
@@ -16,6 +23,8 @@ STAGE_VERSION = "1"
 def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
     @dg.asset(
         group_name="distill",
+        automation_condition=stale_or_updated(),
+        retry_policy=retry_policy(project),
         partitions_def=teachers,
         deps=["teacher_outputs"],
         code_version=f"{STAGE_VERSION}+{project.section_hash('student', 'provenance')}",
@@ -44,7 +53,7 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
             teacher_model = (load_model(teacher.model, runtime.device, runtime.dtype)
                              if need_teacher else None)
         except ModelResolutionError as exc:
-            raise dg.Failure(description=f"provenance_scores[{teacher.name}] (student.model or "
+            raise fail(f"provenance_scores[{teacher.name}] (student.model or "
                                          f"teachers[].model): {exc}") from exc
         summary = score_provenance(outputs, queries, teacher, cfg.student, cfg.provenance, db,
                                    teacher_model, student, show_progress=runtime.show_progress)
@@ -67,6 +76,8 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
                 **{f"share_{c}": round(n / total, 4) for c, n in counts.items()},
                 "mean_d_ts": round(float(sentences["d_ts"].mean() or 0.0), 4),
                 "beta": cfg.provenance.beta,
+                **work_counters(sequences_scored=summary.scored,
+                                tokens_scored=summary.scored_tokens),
                 "teacher_logprob_source": ", ".join(
                     sorted(set(summary.samples["teacher_logprob_source"].drop_nulls()))),
                 "preview": preview(sentences, ["query_id", "sentence_index", "category",

@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from assets._common import content_version
+from assets._common import content_version, fail, stale_or_updated
 from distill_dag.config import ProjectConfig
 from distill_dag.selection import compute_teacher_metrics, rank_teachers
 from resources import ProjectResource, StoreResource
@@ -14,6 +14,7 @@ STAGE_VERSION = "1"
 def build(project: ProjectConfig) -> list:
     @dg.asset(
         group_name="distill",
+        automation_condition=stale_or_updated(),
         deps=["provenance_scores", "teacher_outputs"],
         code_version=f"{STAGE_VERSION}+{project.section_hash('selection')}",
         kinds={"duckdb"},
@@ -35,13 +36,13 @@ def build(project: ProjectConfig) -> list:
         if missing:
             context.log.warning(f"teachers without provenance scores yet (not ranked): {missing}")
         if samples.is_empty():
-            raise dg.Failure(description="teacher_selection: no teacher has provenance scores; "
+            raise fail("teacher_selection: no teacher has provenance scores; "
                                          "materialize teacher_outputs and provenance_scores first")
         metrics = compute_teacher_metrics(samples, sentences)
         try:
             ranking = rank_teachers(metrics, cfg.selection)
         except ValueError as exc:
-            raise dg.Failure(description=f"teacher_selection: {exc}") from exc
+            raise fail(f"teacher_selection: {exc}") from exc
         db.write_table("teacher_metrics", ranking.table)
         context.log.info(ranking.explanation)
         return dg.MaterializeResult(

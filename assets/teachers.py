@@ -4,7 +4,15 @@
 import dagster as dg
 import polars as pl
 
-from assets._common import content_version, preview
+from assets._common import (
+    content_version,
+    fail,
+    preview,
+    retry_policy,
+    stale_or_updated,
+    work_counters,
+)
+from distill_dag import verify
 from distill_dag.config import ProjectConfig
 from distill_dag.generation.run import generate_teacher_outputs, verify_outputs
 from distill_dag.models import ModelResolutionError
@@ -16,9 +24,14 @@ STAGE_VERSION = "1"
 def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
     @dg.asset(
         group_name="distill",
+        automation_condition=stale_or_updated(),
+        retry_policy=retry_policy(project),
         partitions_def=teachers,
-        deps=["query_corpus"],
-        code_version=f"{STAGE_VERSION}+{project.section_hash('teachers')}",
+        # teacher_config (same partition) carries this teacher's settings as a data version, so
+        # editing one teacher makes only its partition stale; the code version covers the code
+        # and the verifier, whose bump re-verifies stored samples without regenerating them.
+        deps=["query_corpus", "teacher_config"],
+        code_version=f"{STAGE_VERSION}+verifier{verify.VERIFIER_VERSION}",
         kinds={"pytorch", "duckdb"},
         pool="gpu",
         check_specs=[
@@ -44,7 +57,7 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
                                                dtype=runtime.dtype,
                                                show_progress=runtime.show_progress)
         except ModelResolutionError as exc:
-            raise dg.Failure(description=f"teacher {teacher.name!r} (teachers[].model): {exc}"
+            raise fail(f"teacher {teacher.name!r} (teachers[].model): {exc}"
                              ) from exc
         outputs = verify_outputs(summary.outputs, queries)
         db.replace_rows("teacher_outputs", outputs, "teacher", teacher.name)
@@ -74,6 +87,9 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
                 "mean_completion_tokens": round(float(outputs["completion_tokens"].mean() or 0),
                                                 1),
                 "model": teacher.model,
+                **work_counters(samples_generated=summary.generated,
+                                tokens_generated=summary.tokens_generated,
+                                samples_verified=outputs.height),
                 "preview": preview(outputs, ["query_id", "sample_index", "correct",
                                              "extracted_answer", "response"]),
             },

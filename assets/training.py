@@ -8,6 +8,7 @@ import time
 import dagster as dg
 import polars as pl
 
+from assets._common import fail, retry_policy, stale_or_updated, work_counters
 from distill_dag.config import ProjectConfig
 from distill_dag.configbase import stable_hash
 from distill_dag.filtering import dataset_version as filtered_dataset_version
@@ -35,6 +36,8 @@ def _flat_params(cfg, prefix: str = "") -> dict:
 def build(project: ProjectConfig) -> list:
     @dg.asset(
         group_name="distill",
+        automation_condition=stale_or_updated(),
+        retry_policy=retry_policy(project),
         deps=["filtered_dataset"],
         code_version=f"{STAGE_VERSION}+{project.section_hash('training', 'student')}",
         kinds={"pytorch", "mlflow"},
@@ -57,17 +60,17 @@ def build(project: ProjectConfig) -> list:
         cfg = project.load()
         db = store.store()
         if not db.table_exists("filtered_dataset"):
-            raise dg.Failure(description="distilled_checkpoint: filtered_dataset has not been "
+            raise fail("distilled_checkpoint: filtered_dataset has not been "
                                          "materialized yet; materialize it first")
         data = db.read_table("filtered_dataset")
         if data.height == 0:
-            raise dg.Failure(description="distilled_checkpoint: filtered_dataset has 0 rows, so "
+            raise fail("distilled_checkpoint: filtered_dataset has 0 rows, so "
                              "there is nothing to train on and no checkpoint was registered. "
                              "Loosen filtering, raise the teachers' num_samples, or add queries.")
         try:
             resolved = resolve_model(cfg.student.model)
         except ModelResolutionError as exc:
-            raise dg.Failure(description=f"distilled_checkpoint: student: {exc}") from exc
+            raise fail(f"distilled_checkpoint: student: {exc}") from exc
         dataset_version = filtered_dataset_version(data)
         # Everything that decides the weights: a finished folder under this key is reused.
         run_key = stable_hash({"student": resolved.fingerprint, "data": dataset_version,
@@ -81,7 +84,7 @@ def build(project: ProjectConfig) -> list:
             try:
                 tracker = open_tracker(cfg.tracking, store.home)
             except TrackingUnavailableError as exc:
-                raise dg.Failure(description=f"distilled_checkpoint: {exc}") from exc
+                raise fail(f"distilled_checkpoint: {exc}") from exc
             if tracker is not None:
                 if tracker.fallback_note:
                     context.log.warning(tracker.fallback_note)
@@ -120,7 +123,7 @@ def build(project: ProjectConfig) -> list:
         except TrainingDataError as exc:
             if run:
                 run.end("FAILED")
-            raise dg.Failure(description=f"distilled_checkpoint: {exc}") from exc
+            raise fail(f"distilled_checkpoint: {exc}") from exc
         except BaseException:
             if run:
                 run.end("FAILED")
@@ -151,7 +154,7 @@ def build(project: ProjectConfig) -> list:
         info = result.info
         missing = [f for f in REQUIRED_FILES if not os.path.exists(result.path / f)]
         if missing:
-            raise dg.Failure(description=f"distilled_checkpoint: {result.path} lacks {missing}; "
+            raise fail(f"distilled_checkpoint: {result.path} lacks {missing}; "
                                          "it was not registered")
         db.write_table("distilled_checkpoint", pl.DataFrame([{
             "path": str(result.path), "checkpoint_hash": result.checkpoint_hash,
@@ -171,6 +174,7 @@ def build(project: ProjectConfig) -> list:
             "global_step": result.global_step,
             "steps_run_now": result.steps_run,
             "resumed_from_step": result.resumed_from_step,
+            **work_counters(training_steps=result.steps_run if result.trained_now else 0),
             "examples": info.get("examples", result.examples),
             "load_with": dg.MetadataValue.md(
                 f"```python\nfrom transformers import AutoModelForCausalLM\nmodel = "

@@ -2,7 +2,9 @@
 
 `dagster asset materialize -m distill_dag.definitions --select X [--partition T]` runs one step;
 this command runs every asset and every teacher partition in order, in-process, recording the
-runs in the Dagster instance so `dagster dev` shows them afterwards.
+runs in the Dagster instance so `dagster dev` shows them afterwards. With `--stale` it runs
+only what is missing or stale (and what that changes downstream), which the stock Dagster CLI
+cannot select.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ def _materialize(args: argparse.Namespace) -> int:
     import polars as pl
 
     from distill_dag.definitions import build_definitions, dagster_instance, materialize_all
+    from distill_dag.generation.run import teacher_change_notes
     from distill_dag.store import Store
 
     home = os.path.abspath(args.home)
@@ -24,6 +27,12 @@ def _materialize(args: argparse.Namespace) -> int:
     defs = build_definitions(args.config, home=home, device=args.device, dtype=args.dtype,
                              show_progress=not args.no_progress)
     instance = dagster_instance(home)
+    project = defs.resources["project"].load()
+    for note in teacher_change_notes(Store(os.path.join(home, "store")),
+                                     [t.name for t in project.teachers]):
+        print(f"note: {note}")
+    if args.stale or args.dry_run:
+        return _materialize_stale(args, defs, instance)
     materialize_all(defs, instance, teachers=args.teacher or None)
     elapsed = time.perf_counter() - started
 
@@ -60,6 +69,53 @@ def _materialize(args: argparse.Namespace) -> int:
     if os.path.exists(mlflow_db):
         print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{mlflow_db} "
               "--host 127.0.0.1 --port 5000")
+    return 0
+
+
+def _materialize_stale(args: argparse.Namespace, defs, instance) -> int:
+    from orchestration.stale import (
+        downstream_closure,
+        materialize_stale,
+        record_observations,
+        stale_items,
+    )
+
+    if args.dry_run:
+        graph = defs.resolve_asset_graph()
+        observed = record_observations(instance, graph, defs.resources["project"].load())
+        if observed:
+            print(f"recorded new versions of: {', '.join(observed)}")
+        items = stale_items(instance, graph, teachers=args.teacher or None)
+        if not items:
+            print("Nothing is missing or stale.")
+            return 0
+        print("Missing or stale now:")
+        for item in items:
+            why = f" ({'; '.join(item.causes)})" if item.causes else ""
+            print(f"  {item.label}: {item.status}{why}")
+        later = [(a, p) for a, p in downstream_closure(graph, items)
+                 if (a, p) not in {(i.asset, i.partition) for i in items}]
+        if later:
+            print("Downstream, run only if the above change their data:")
+            print("  " + ", ".join(f"{a}[{p}]" if p else a for a, p in later))
+        return 0
+
+    def announce(item) -> None:
+        why = f": {'; '.join(item.causes)}" if item.causes else ""
+        print(f"-> {item.label} ({item.status}{why})", flush=True)
+
+    project = defs.resources["project"].load()
+    run = materialize_stale(defs, instance, teachers=args.teacher or None,
+                            tags=project.orchestration.run_tags(), on_step=announce)
+    if run.observed:
+        print(f"recorded new versions of: {', '.join(run.observed)}")
+    if not run.ran:
+        print(f"Nothing was missing or stale ({run.seconds:.1f} s).")
+        return 0
+    print(f"\nMaterialized {len(run.ran)} stale or missing step(s) in {run.seconds:.0f} s: "
+          + ", ".join(item.label for item in run.ran))
+    print("Work done: " + (", ".join(f"{k}={v}" for k, v in sorted(run.work.items()))
+                           or "none (every step reused stored results)"))
     return 0
 
 
@@ -102,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--device", help="auto | cpu | cuda (default: auto)")
     run.add_argument("--dtype", help="auto | bf16 | fp32 (default: auto)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--stale", action="store_true",
+                     help="only what is missing or stale, stage by stage, and what that changes "
+                          "downstream")
+    run.add_argument("--dry-run", action="store_true",
+                     help="with --stale: list what is missing or stale and why; run nothing")
     run.set_defaults(func=_materialize)
     models = sub.add_parser("prepare-models", help="resolve and convert the configured models")
     models.add_argument("--config")

@@ -19,6 +19,7 @@ from distill_dag.corpus.config import CorpusConfig
 from distill_dag.evaluation.config import EvalConfig
 from distill_dag.filtering import FilterConfig
 from distill_dag.generation.config import StudentConfig, TeacherConfig
+from distill_dag.orchestration_config import OrchestrationConfig
 from distill_dag.provenance.categories import ProvenanceConfig
 from distill_dag.selection import RankingRule
 from distill_dag.training.config import TrackingConfig, TrainingConfig
@@ -39,6 +40,7 @@ class ProjectConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
     source: str = "<dict>"  # where this config was read from (for messages)
 
     def __post_init__(self) -> None:
@@ -66,6 +68,29 @@ class ProjectConfig:
         as changed in Dagster."""
         return stable_hash({n: _plain(getattr(self, n)) for n in names}, length=8)
 
+    def corpus_settings_hash(self) -> str:
+        """section_hash('corpus') with file and inbox paths cut to their names: the files'
+        contents are observed separately (corpus_sources_version), so moving the project folder
+        does not make the corpus stale."""
+        plain = _plain(self.corpus)
+        for entry in plain.get("files") or []:
+            entry["path"] = Path(entry["path"]).name
+        if plain.get("inbox"):
+            plain["inbox"]["folder"] = Path(plain["inbox"]["folder"]).name
+        return stable_hash({"corpus": plain}, length=8)
+
+    def teacher_version(self, name: str) -> str:
+        """A hash of one teacher's settings: the observed data version of its config partition,
+        so editing one teacher makes only that teacher's partition stale."""
+        return stable_hash(_plain(self.teacher(name)), length=12)
+
+    def corpus_sources_version(self) -> str:
+        """A hash of the corpus files' contents (inbox included): the observed data version of
+        the corpus sources, so a new, edited or vanished file makes query_corpus stale."""
+        from distill_dag.corpus.loaders import sources_fingerprint
+
+        return stable_hash(sources_fingerprint(self.corpus.all_sources()), length=12)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> ProjectConfig:
         try:
@@ -86,6 +111,8 @@ class ProjectConfig:
                 training=TrainingConfig.from_dict(data.get("training") or {}, "training"),
                 evaluation=EvalConfig.from_dict(data.get("evaluation") or {}, "evaluation"),
                 tracking=TrackingConfig.from_dict(data.get("tracking") or {}, "tracking"),
+                orchestration=OrchestrationConfig.from_dict(data.get("orchestration") or {},
+                                                            "orchestration"),
                 source=source,
             )
         except (ValueError, TypeError) as exc:
@@ -126,4 +153,8 @@ def load_project_config(path: str | Path | None = None) -> ProjectConfig:
             if not file_path.is_absolute():
                 file_path = (path.parent / file_path).resolve()
             entry["path"] = str(file_path)
+    inbox = corpus.get("inbox") if isinstance(corpus, dict) else None
+    if isinstance(inbox, dict) and isinstance(inbox.get("folder"), str):
+        folder = Path(inbox["folder"]).expanduser()
+        inbox["folder"] = str(folder if folder.is_absolute() else (path.parent / folder).resolve())
     return ProjectConfig.from_dict(data, source=str(path))

@@ -14,6 +14,8 @@ import dagster as dg
 
 from assets import build_assets
 from distill_dag.config import config_path, load_project_config
+from orchestration.automation import build_automation
+from orchestration.stale import record_observations
 from resources import ProjectResource, RuntimeResource, StoreResource
 from resources.project import default_home
 
@@ -23,8 +25,11 @@ def build_definitions(config: str | Path | None = None, home: str | None = None,
                       show_progress: bool = True) -> dg.Definitions:
     path = Path(config) if config else config_path()
     project = load_project_config(path)
+    sensors, schedules = build_automation(project.orchestration.backfill_cron)
     return dg.Definitions(
         assets=build_assets(project),
+        sensors=sensors,
+        schedules=schedules,
         resources={
             "project": ProjectResource(config_path=str(path.resolve()),
                                        loaded_fingerprint=project.fingerprint()),
@@ -55,6 +60,8 @@ def materialize_all(definitions: dg.Definitions, instance: dg.DagsterInstance,
     names = teachers or [t.name for t in project.teachers]
     for name in names:
         project.teacher(name)  # a clear KeyError for an unknown teacher before any work
+    # Record the inputs' versions first, so that later staleness compares against them.
+    record_observations(instance, definitions.resolve_asset_graph(), project)
     plan: list[tuple[list[str], str | None]] = [(["query_corpus"], None)]
     plan += [(["teacher_outputs", "provenance_scores"], name) for name in names]
     plan += [(["teacher_selection", "filtered_dataset", "distilled_checkpoint", "eval_report"],
@@ -65,7 +72,8 @@ def materialize_all(definitions: dg.Definitions, instance: dg.DagsterInstance,
                                       instance=instance, resources=resources,
                                       run_config={"loggers": {"console": {"config": {
                                           "log_level": log_level}}}},
-                                      tags={"distill_dag/launched_by": "distill-dag materialize"}))
+                                      tags={"distill_dag/launched_by": "distill-dag materialize",
+                                            **project.orchestration.run_tags()}))
     return results
 
 
@@ -75,7 +83,11 @@ def dagster_instance(home: str) -> dg.DagsterInstance:
         os.path.join(home, "dagster")))
     os.makedirs(dagster_home, exist_ok=True)
     settings = os.path.join(dagster_home, "dagster.yaml")
-    if not os.path.exists(settings):  # no network here: no telemetry, no first-run banner
+    if not os.path.exists(settings):
+        # No network here: no telemetry. Run monitoring lets the daemon (dagster dev) fail runs
+        # that exceed their dagster/max_runtime tag and detect runs whose process died.
         with open(settings, "w") as handle:
-            handle.write("telemetry:\n  enabled: false\n")
+            handle.write("telemetry:\n  enabled: false\n"
+                         "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 300\n"
+                         "  poll_interval_seconds: 60\n")
     return dg.DagsterInstance.get()

@@ -25,7 +25,7 @@ class ProjectResource(dg.ConfigurableResource):
     def load(self) -> ProjectConfig:
         project = load_project_config(self.config_path)
         if self.loaded_fingerprint and project.fingerprint() != self.loaded_fingerprint:
-            raise dg.Failure(
+            raise dg.Failure(allow_retries=False,
                 description=f"{self.config_path} changed since the code location loaded it; "
                 "its teachers (partitions) and code versions come from the loaded content. "
                 "Reload the code location (Reload definitions in the web UI, or restart) and "

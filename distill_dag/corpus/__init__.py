@@ -5,6 +5,7 @@ from distill_dag.corpus.config import (
     CorpusConfig,
     FileSource,
     GeneratorConfig,
+    InboxConfig,
 )
 from distill_dag.corpus.curate import (
     QUARANTINE_SCHEMA,
@@ -29,6 +30,7 @@ __all__ = [
     "EmptyCorpusError",
     "FileSource",
     "GeneratorConfig",
+    "InboxConfig",
     "LoadResult",
     "build_corpus",
     "clean_prompt",

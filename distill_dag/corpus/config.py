@@ -223,6 +223,52 @@ class FileSource:
 
 
 @dataclass
+class InboxConfig:
+    """A folder watched for new query files: every supported file in it is a corpus source.
+
+    Dropping a file in starts only the new queries' work (the inbox sensor notices it); a file
+    removed after it was ingested keeps its queries, with a warning."""
+
+    folder: str = field(metadata={"help": "The folder; relative paths are relative to the config."})
+    fields: dict[str, str | None] = field(
+        default_factory=dict, metadata={"help": "Column mapping for every inbox file (as files[])."}
+    )
+    answer_format: str = field(default="plain", metadata={"help": "plain or gsm8k (as files[])."})
+    split: str | None = field(
+        default=None, metadata={"help": "Force every inbox row into train or eval; None: hash."}
+    )
+    domain: str = field(default="math", metadata={"help": "Domain of rows without one."})
+    encoding: str = field(default="utf-8", metadata={"help": "Text encoding of JSONL/CSV files."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.folder, Path):
+            self.folder = str(self.folder)
+        if not isinstance(self.folder, str) or not self.folder.strip():
+            raise ConfigError("InboxConfig.folder", f"expected a folder path, got {self.folder!r}")
+        # Validate the per-file settings once, through the same rules as files[].
+        self.source_for(Path(self.folder) / "probe.jsonl")
+
+    def source_for(self, path: Path) -> FileSource:
+        """The FileSource that reads one inbox file."""
+        return FileSource(path=str(path), fields=dict(self.fields),
+                          answer_format=self.answer_format, split=self.split, domain=self.domain,
+                          encoding=self.encoding)
+
+    def sources(self) -> list[FileSource]:
+        """The supported files now in the folder, by name (an absent folder has none)."""
+        folder = Path(self.folder)
+        if not folder.is_dir():
+            return []
+        return [self.source_for(p) for p in sorted(folder.iterdir())
+                if p.is_file() and not p.name.startswith(".")
+                and p.suffix.lower() in EXTENSION_FORMATS]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "inbox") -> InboxConfig:
+        return _from_dict(cls, d, where)
+
+
+@dataclass
 class CorpusConfig:
     """Everything `build_corpus` needs: sources, eval split and cleaning rules."""
 
@@ -236,6 +282,11 @@ class CorpusConfig:
     files: list[FileSource] = field(
         default_factory=list,
         metadata={"help": "Input files, read in order (first copy wins dedup)."},
+    )
+    inbox: InboxConfig | None = field(
+        default=None,
+        metadata={"help": "A folder of query files read after `files` (see InboxConfig); the "
+                          "inbox sensor watches it. None: no inbox."},
     )
     eval_fraction: float = field(
         default=0.2,
@@ -279,6 +330,10 @@ class CorpusConfig:
                 raise ConfigError(f"{owner}.files[{i}]", f"expected a FileSource, got {src!r}")
             files.append(src)
         self.files = files
+        if isinstance(self.inbox, Mapping):
+            self.inbox = InboxConfig.from_dict(self.inbox, f"{owner}.inbox")
+        if self.inbox is not None and not isinstance(self.inbox, InboxConfig):
+            raise ConfigError(f"{owner}.inbox", f"expected a mapping, got {self.inbox!r}")
         frac = self.eval_fraction
         if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 <= frac < 1:
             raise ConfigError(f"{owner}.eval_fraction", f"must be a number in [0, 1), got {frac!r}")
@@ -298,7 +353,11 @@ class CorpusConfig:
         """The generator to run: the configured one, or the default when there are no files."""
         if self.generator is not None:
             return self.generator
-        return None if self.files else GeneratorConfig()
+        return None if self.files or self.inbox else GeneratorConfig()
+
+    def all_sources(self) -> list[FileSource]:
+        """The configured files, then the files now in the inbox."""
+        return [*self.files, *(self.inbox.sources() if self.inbox else [])]
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "corpus") -> CorpusConfig:
@@ -309,6 +368,8 @@ class CorpusConfig:
         if isinstance(data.get("generator"), Mapping):
             data["generator"] = GeneratorConfig.from_dict(data["generator"], f"{where}.generator")
         files = data.get("files")
+        if isinstance(data.get("inbox"), Mapping):
+            data["inbox"] = InboxConfig.from_dict(data["inbox"], f"{where}.inbox")
         if isinstance(files, list | tuple):
             data["files"] = [
                 FileSource.from_dict(f, f"{where}.files[{i}]") if isinstance(f, Mapping) else f

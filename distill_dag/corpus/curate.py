@@ -6,8 +6,9 @@ import hashlib
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -49,6 +50,7 @@ class CorpusResult:
     queries: pl.DataFrame
     quarantine: pl.DataFrame
     stats: dict[str, int]
+    warnings: list[str] = field(default_factory=list)
 
 
 def normalize_text(s: str) -> str:
@@ -256,21 +258,63 @@ def _empty_message(stats: dict[str, int], quarantine: list[dict]) -> str:
     )
 
 
-def build_corpus(cfg: CorpusConfig) -> CorpusResult:
-    """Load every source and curate. Raises EmptyCorpusError when no training query remains."""
+def _carried_rows(previous: pl.DataFrame | None, source_file: str, split: str | None
+                  ) -> list[dict]:
+    """The rows a previous build ingested from `source_file`, ready to curate again."""
+    if previous is None or previous.is_empty():
+        return []
+    rows = previous.filter(pl.col("source_file") == source_file).to_dicts()
+    # A forced split is re-applied; a hashed one is re-derived from the same query_id.
+    return [{**{k: v for k, v in r.items() if k != "query_id"}, "split": split} for r in rows]
+
+
+def _load_sources(cfg: CorpusConfig, previous: pl.DataFrame | None, rows: list[dict],
+                  setaside: list[dict], stats: Counter, warnings: list[str]) -> None:
+    """Read every source. A file that disappeared after it was ingested keeps its queries."""
+    for source in cfg.all_sources():
+        if not Path(source.path).is_file():
+            carried = _carried_rows(previous, str(Path(source.path)), source.split)
+            if not carried:
+                load_file(source)  # raises FileNotFoundError naming the file
+            warnings.append(f"corpus file {source.path} is gone; its {len(carried)} queries "
+                            "ingested earlier are kept")
+            rows.extend(carried)
+            stats["rows_carried"] += len(carried)
+            continue
+        loaded = load_file(source)
+        stats["rows_read"] += loaded.rows_read
+        rows.extend(loaded.rows)
+        setaside.extend({**q, "stage": "load"} for q in loaded.quarantine)
+    if cfg.inbox is None or previous is None or previous.is_empty():
+        return
+    # Inbox files are listed from the folder, so a removed one is simply not listed.
+    listed = {str(Path(s.path)) for s in cfg.inbox.sources()}
+    folder = Path(cfg.inbox.folder)
+    ingested = previous.filter(pl.col("source_file").is_not_null())["source_file"].unique()
+    for name in sorted(ingested):
+        if Path(name).parent == folder and name not in listed:
+            carried = _carried_rows(previous, name, cfg.inbox.split)
+            warnings.append(f"inbox file {name} is gone; its {len(carried)} queries ingested "
+                            "earlier are kept")
+            rows.extend(carried)
+            stats["rows_carried"] += len(carried)
+
+
+def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> CorpusResult:
+    """Load every source and curate. Raises EmptyCorpusError when no training query remains.
+
+    `previous` is the last query table: queries of a file that has since disappeared are taken
+    from it (with a warning) rather than lost."""
     rows: list[dict] = []
     setaside: list[dict] = []
     stats: Counter = Counter()
+    warnings: list[str] = []
     gen = cfg.effective_generator()
     if gen is not None:
         for i, row in enumerate(generate_word_problems(gen.n, gen.seed, gen.levels), 1):
             rows.append({**row, "source_file": None, "source_line": i})
         stats["rows_read"] += gen.n
-    for source in cfg.files:
-        loaded = load_file(source)
-        stats["rows_read"] += loaded.rows_read
-        rows.extend(loaded.rows)
-        setaside.extend({**q, "stage": "load"} for q in loaded.quarantine)
+    _load_sources(cfg, previous, rows, setaside, stats, warnings)
 
     rows = _clean(rows, cfg, setaside)
     rows = _dedup(rows, setaside, stats)
@@ -291,6 +335,7 @@ def build_corpus(cfg: CorpusConfig) -> CorpusResult:
             "conflicts",
             "contaminated_removed",
             "eval_held_out",
+            "rows_carried",
         )
     }
     result_stats["rows_quarantined"] = quarantine.height
@@ -298,4 +343,5 @@ def build_corpus(cfg: CorpusConfig) -> CorpusResult:
     result_stats["eval"] = queries.filter(pl.col("split") == "eval").height
     if result_stats["train"] == 0:
         raise EmptyCorpusError(_empty_message(result_stats, setaside))
-    return CorpusResult(queries=queries, quarantine=quarantine, stats=result_stats)
+    return CorpusResult(queries=queries, quarantine=quarantine, stats=result_stats,
+                        warnings=warnings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import json
 import math
 import re
@@ -307,3 +308,30 @@ def load_file(source: FileSource) -> LoadResult:
     result = LoadResult()
     _LOADERS[source.resolved_format](source, _RowChecker(source, result), result)
     return result
+
+
+# (path, size, mtime_ns) -> sha256: sensors fingerprint the sources every tick; rehash only
+# what changed on disk.
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, or "missing" when it is not there."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
+
+
+def sources_fingerprint(sources: list[FileSource]) -> dict[str, str]:
+    """Each source file's path -> content digest ("missing" if absent)."""
+    return {str(Path(s.path)): file_digest(s.path) for s in sources}

@@ -131,3 +131,26 @@ def verify_outputs(outputs: pl.DataFrame, queries: pl.DataFrame) -> pl.DataFrame
         pl.Series("verdict", [v.reason for v in verdicts], dtype=pl.Utf8),
         pl.lit(VERIFIER_VERSION).alias("verifier_version"),
     ).sort("query_id", "sample_index")
+
+
+def teacher_change_notes(store: Store, configured: list[str]) -> list[str]:
+    """Messages for teachers that left the config (renamed or removed) while their samples stay
+    in the store, and for the new names generated from scratch alongside them."""
+    root = store.chunk_dir(GENERATIONS, "")
+    # eval-* folders hold eval_report's generations, not a teacher's.
+    stored = sorted(p.name for p in root.iterdir()
+                    if p.is_dir() and not p.name.startswith("eval-")) if root.is_dir() else []
+    gone = [name for name in stored if name not in configured]
+    notes = []
+    for name in gone:
+        samples = store.read_chunks(GENERATIONS, name, key="request_key")
+        count = samples.height if samples is not None else 0
+        notes.append(f"teacher {name!r} has {count} stored samples but is no longer in the "
+                     "config (renamed or removed): they are kept in the store, not used and not "
+                     "deleted, and its Dagster partition history stays; put the name back to "
+                     "use them again")
+    new = [name for name in configured if name not in stored]
+    if gone and new:
+        notes.append(f"teacher(s) {new} are new and are generated from scratch (samples are "
+                     "stored per teacher name, so a renamed teacher does not reuse the old ones)")
+    return notes

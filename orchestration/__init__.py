@@ -1,0 +1,1 @@
+"""Orchestration beyond single assets: the stale engine, sensors, the schedule, automation."""
