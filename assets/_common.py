@@ -27,8 +27,8 @@ def fail(description: str) -> dg.Failure:
 
 
 def retry_policy(project: ProjectConfig) -> dg.RetryPolicy | None:
-    """Retries for GPU steps (see OrchestrationConfig.retries); errors in config or data are
-    raised as dg.Failure(allow_retries=False) and fail at once."""
+    """Retries for transient failures (see OrchestrationConfig.retries); errors in config or
+    data are raised with `fail` and are never retried."""
     cfg = project.orchestration
     if not cfg.retries:
         return None

@@ -6,7 +6,7 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import content_version, fail, preview, stale_or_updated
+from assets._common import content_version, fail, preview, retry_policy, stale_or_updated
 from distill_dag.config import ProjectConfig
 from distill_dag.corpus import EmptyCorpusError, build_corpus, dedup_key
 from distill_dag.corpus.curate import ngrams, word_tokens
@@ -23,6 +23,7 @@ def build(project: ProjectConfig) -> list:
     @dg.asset(
         group_name="distill",
         automation_condition=stale_or_updated(),
+        retry_policy=retry_policy(project),
         deps=["corpus_files"],
         code_version=f"{STAGE_VERSION}+{project.corpus_settings_hash()}",
         kinds={"duckdb", "polars"},

@@ -8,7 +8,7 @@ import shutil
 import dagster as dg
 import polars as pl
 
-from assets._common import preview, stale_or_updated
+from assets._common import preview, retry_policy, stale_or_updated
 from distill_dag.config import ProjectConfig
 from distill_dag.filtering import dataset_jsonl, filter_dataset
 from distill_dag.models import load_model
@@ -56,6 +56,7 @@ def build(project: ProjectConfig) -> list:
     @dg.asset(
         group_name="distill",
         automation_condition=stale_or_updated(),
+        retry_policy=retry_policy(project),
         deps=["teacher_selection", "teacher_outputs", "provenance_scores"],
         code_version=f"{STAGE_VERSION}+{project.section_hash('filtering', 'student')}",
         kinds={"duckdb", "parquet"},

@@ -65,12 +65,12 @@ def build(project: ProjectConfig) -> list:
             if db.table_exists("distilled_checkpoint") else None
         if checkpoint is None or checkpoint.height == 0:
             raise fail("eval_report: no distilled checkpoint is registered; "
-                                         "materialize distilled_checkpoint first")
+                       "materialize distilled_checkpoint first")
         ckpt = checkpoint.row(0, named=True)
         if not os.path.exists(ckpt["path"]):
             raise fail(f"eval_report: the registered checkpoint folder "
-                                         f"{ckpt['path']} is gone; rematerialize "
-                                         "distilled_checkpoint")
+                       f"{ckpt['path']} is gone; rematerialize "
+                       "distilled_checkpoint")
         try:
             queries = eval_queries(db.read_table("queries"), ecfg)
         except ValueError as exc:
@@ -94,7 +94,7 @@ def build(project: ProjectConfig) -> list:
                 teacher = cfg.teacher(teacher_name)
             except KeyError as exc:
                 raise fail(f"eval_report: evaluation.provenance_teacher: "
-                                             f"{exc.args[0]}") from exc
+                           f"{exc.args[0]}") from exc
         common = dict(store=db, device=runtime.device, dtype=runtime.dtype,
                       show_progress=runtime.show_progress)
         started = time.perf_counter()

@@ -54,7 +54,7 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
                              if need_teacher else None)
         except ModelResolutionError as exc:
             raise fail(f"provenance_scores[{teacher.name}] (student.model or "
-                                         f"teachers[].model): {exc}") from exc
+                       f"teachers[].model): {exc}") from exc
         summary = score_provenance(outputs, queries, teacher, cfg.student, cfg.provenance, db,
                                    teacher_model, student, show_progress=runtime.show_progress)
         db.replace_rows("provenance_sentences", summary.sentences, "teacher", teacher.name)

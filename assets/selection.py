@@ -3,8 +3,9 @@
 
 import dagster as dg
 
-from assets._common import content_version, fail, stale_or_updated
+from assets._common import content_version, fail, retry_policy, stale_or_updated
 from distill_dag.config import ProjectConfig
+from distill_dag.generation.run import teacher_change_notes
 from distill_dag.selection import compute_teacher_metrics, rank_teachers
 from resources import ProjectResource, StoreResource
 
@@ -15,6 +16,7 @@ def build(project: ProjectConfig) -> list:
     @dg.asset(
         group_name="distill",
         automation_condition=stale_or_updated(),
+        retry_policy=retry_policy(project),
         deps=["provenance_scores", "teacher_outputs"],
         code_version=f"{STAGE_VERSION}+{project.section_hash('selection')}",
         kinds={"duckdb"},
@@ -32,12 +34,14 @@ def build(project: ProjectConfig) -> list:
                            [names])
         sentences = db.query("SELECT teacher, query_id, sample_index, category, d_ts FROM "
                              "provenance_sentences WHERE list_contains(?, teacher)", [names])
+        for note in teacher_change_notes(db, names):  # a renamed or removed teacher
+            context.log.warning(note)
         missing = sorted(set(names) - set(samples["teacher"].unique()))
         if missing:
             context.log.warning(f"teachers without provenance scores yet (not ranked): {missing}")
         if samples.is_empty():
             raise fail("teacher_selection: no teacher has provenance scores; "
-                                         "materialize teacher_outputs and provenance_scores first")
+                       "materialize teacher_outputs and provenance_scores first")
         metrics = compute_teacher_metrics(samples, sentences)
         try:
             ranking = rank_teachers(metrics, cfg.selection)

@@ -58,7 +58,7 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
                                                show_progress=runtime.show_progress)
         except ModelResolutionError as exc:
             raise fail(f"teacher {teacher.name!r} (teachers[].model): {exc}"
-                             ) from exc
+                      ) from exc
         outputs = verify_outputs(summary.outputs, queries)
         db.replace_rows("teacher_outputs", outputs, "teacher", teacher.name)
 

@@ -61,12 +61,12 @@ def build(project: ProjectConfig) -> list:
         db = store.store()
         if not db.table_exists("filtered_dataset"):
             raise fail("distilled_checkpoint: filtered_dataset has not been "
-                                         "materialized yet; materialize it first")
+                       "materialized yet; materialize it first")
         data = db.read_table("filtered_dataset")
         if data.height == 0:
             raise fail("distilled_checkpoint: filtered_dataset has 0 rows, so "
-                             "there is nothing to train on and no checkpoint was registered. "
-                             "Loosen filtering, raise the teachers' num_samples, or add queries.")
+                       "there is nothing to train on and no checkpoint was registered. "
+                       "Loosen filtering, raise the teachers' num_samples, or add queries.")
         try:
             resolved = resolve_model(cfg.student.model)
         except ModelResolutionError as exc:
@@ -155,7 +155,7 @@ def build(project: ProjectConfig) -> list:
         missing = [f for f in REQUIRED_FILES if not os.path.exists(result.path / f)]
         if missing:
             raise fail(f"distilled_checkpoint: {result.path} lacks {missing}; "
-                                         "it was not registered")
+                       "it was not registered")
         db.write_table("distilled_checkpoint", pl.DataFrame([{
             "path": str(result.path), "checkpoint_hash": result.checkpoint_hash,
             "dataset_version": dataset_version, "run_key": run_key,

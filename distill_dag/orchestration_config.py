@@ -14,9 +14,9 @@ class OrchestrationConfig:
 
     Changing these never makes an asset stale: they shape how work runs, not what it produces."""
 
-    # Retries of a GPU step (generation, scoring, training, eval) that failed for a reason that
-    # may pass: out of memory, a lost endpoint, a killed worker, a store locked for too long.
-    # Errors in config or data fail at once: they are raised as non-retryable.
+    # Retries of a step that failed for a reason that may pass: out of memory on the GPU, a lost
+    # endpoint, a killed worker, a store catalog locked for too long by another run. Errors in
+    # config or data fail at once: they are raised as non-retryable.
     retries: int = 2
     # Seconds before the first retry; doubled for each later one, with jitter.
     retry_delay_s: float = 30.0

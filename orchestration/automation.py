@@ -42,9 +42,10 @@ def _in_flight(instance: dg.DagsterInstance, launched_by: str) -> bool:
     return bool(runs)
 
 
-def next_stale_requests(instance: dg.DagsterInstance, graph, tags: dict[str, str]
-                        ) -> list[dg.RunRequest]:
-    """Run requests for the earliest stale stage (see the module docstring)."""
+def next_stale_requests(instance: dg.DagsterInstance, graph, tags: dict[str, str],
+                        tick: str = "") -> list[dg.RunRequest]:
+    """Run requests for the earliest stale stage (see the module docstring); `tick` makes
+    their run keys unique per schedule tick."""
     items = stale_items(instance, graph)
     if not items:
         return []
@@ -54,7 +55,8 @@ def next_stale_requests(instance: dg.DagsterInstance, graph, tags: dict[str, str
     if first in PARTITIONED:
         partitions = sorted({i.partition for i in items if i.asset in PARTITIONED})
         return [dg.RunRequest(asset_selection=[dg.AssetKey(a) for a in PARTITIONED],
-                              partition_key=p, tags=tags) for p in partitions]
+                              partition_key=p, tags=tags, run_key=f"{tick}:{p}")
+                for p in partitions]
     tail = [a for a, _ in downstream_closure(graph, [i for i in items if i.asset == first])]
     return [dg.RunRequest(asset_selection=[dg.AssetKey(a) for a in tail], tags=tags)]
 
@@ -71,11 +73,15 @@ def build_automation(backfill_cron: str) -> tuple[list, list]:
         if _in_flight(context.instance, "stale_backfill_schedule"):
             return dg.SkipReason("the previous backfill run is still in progress")
         graph = context.repository_def.asset_graph
-        observed = record_observations(context.instance, graph, project.load())
+        cfg = project.load()
+        observed = record_observations(context.instance, graph, cfg)
         if observed:
             context.log.info(f"recorded new versions of {', '.join(observed)}")
+        when = context.scheduled_execution_time
         requests = next_stale_requests(context.instance, graph,
-                                       {LAUNCHED_BY: "stale_backfill_schedule"})
+                                       {LAUNCHED_BY: "stale_backfill_schedule",
+                                        **cfg.orchestration.run_tags()},
+                                       tick=when.isoformat() if when else "")
         return requests or dg.SkipReason("nothing is missing or stale")
 
     @dg.sensor(name="corpus_inbox_sensor", minimum_interval_seconds=30,
@@ -98,7 +104,7 @@ def build_automation(backfill_cron: str) -> tuple[list, list]:
         subset = AssetGraphSubset.from_asset_partition_set(
             {AssetKeyPartitionKey(dg.AssetKey(a), p) for a, p in wanted}, graph)
         request = dg.RunRequest.for_asset_graph_subset(
-            subset, tags={LAUNCHED_BY: "corpus_inbox_sensor"})
+            subset, tags={LAUNCHED_BY: "corpus_inbox_sensor", **cfg.orchestration.run_tags()})
         return dg.SensorResult(run_requests=[request], cursor=version)
 
     automation = dg.AutomationConditionSensorDefinition(
