@@ -25,7 +25,7 @@ def build_definitions(config: str | Path | None = None, home: str | None = None,
                       show_progress: bool = True) -> dg.Definitions:
     path = Path(config) if config else config_path()
     project = load_project_config(path)
-    sensors, schedules = build_automation(project.orchestration.backfill_cron)
+    sensors, schedules = build_automation(project.orchestration)
     return dg.Definitions(
         assets=build_assets(project),
         sensors=sensors,

@@ -22,6 +22,7 @@ from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraph
 from dagster._core.definitions.events import AssetKeyPartitionKey
 
 from assets import ASSET_ORDER
+from distill_dag.orchestration_config import OrchestrationConfig
 from orchestration.stale import (
     PARTITIONED,
     downstream_closure,
@@ -61,10 +62,10 @@ def next_stale_requests(instance: dg.DagsterInstance, graph, tags: dict[str, str
     return [dg.RunRequest(asset_selection=[dg.AssetKey(a) for a in tail], tags=tags)]
 
 
-def build_automation(backfill_cron: str) -> tuple[list, list]:
+def build_automation(settings: OrchestrationConfig) -> tuple[list, list]:
     """(sensors, schedules) for the code location."""
 
-    @dg.schedule(name="stale_backfill_schedule", cron_schedule=backfill_cron,
+    @dg.schedule(name="stale_backfill_schedule", cron_schedule=settings.backfill_cron,
                  target=DISTILL_ASSETS, default_status=dg.DefaultScheduleStatus.STOPPED,
                  description="Backfills missing or stale partitions and stages, earliest stage "
                              "first (see orchestration/automation.py).")
@@ -109,6 +110,6 @@ def build_automation(backfill_cron: str) -> tuple[list, list]:
 
     automation = dg.AutomationConditionSensorDefinition(
         "distill_automation", target=DISTILL_ASSETS,
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        default_status=dg.DefaultSensorStatus.STOPPED, run_tags=settings.run_tags(),
         description="Evaluates the distill assets' automation conditions (stale_or_updated).")
     return [corpus_inbox_sensor, automation], [stale_backfill_schedule]
