@@ -74,6 +74,10 @@ def _score_rows(store: Store) -> int:
                for d in root.iterdir() if d.is_dir())
 
 
+def _score_files(store: Store) -> int:
+    return len(list(store.chunk_dir(SCORES, "").glob("*/*.parquet")))
+
+
 def _checkpoints(home: Path) -> list[Path]:
     return sorted(home.glob("artifacts/distilled_checkpoint/*/trainer/checkpoint-*"))
 
@@ -89,12 +93,14 @@ def test_sigkill_during_generation_scoring_and_training_then_rerun(tmp_path):
     _run_until(tmp_path, config, lambda: _chunk_rows(store, GENERATIONS, "fewshot",
                                                      "request_key").height >= 4)
     before_gen = _chunk_rows(store, GENERATIONS, "fewshot", "request_key")
-    assert not store.table_exists("teacher_outputs")
-
-    # 2. Rerun, killed while scoring: generation finishes first, reusing every stored sample.
-    _run_until(tmp_path, config, lambda: _score_rows(store) >= 3)
-    outputs = store.read_table("teacher_outputs")
     train = store.read_table("queries").filter(pl.col("split") == "train").height
+    assert before_gen.height < 2 * train and not store.table_exists("teacher_outputs")
+
+    # 2. Rerun, killed while scoring (one stored chunk of 8 sequences): generation finishes
+    # first, reusing every stored sample.
+    _run_until(tmp_path, config, lambda: _score_files(store) >= 1)
+    assert _score_rows(store) < 2 * train  # killed mid-way: some sequences are not scored
+    outputs = store.read_table("teacher_outputs")
     assert outputs.height == 2 * train  # k=2
     assert outputs["request_key"].n_unique() == outputs.height  # 0 duplicates
     kept = before_gen.select("request_key", "response").join(
