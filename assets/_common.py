@@ -38,12 +38,14 @@ def retry_policy(project: ProjectConfig) -> dg.RetryPolicy | None:
 
 def stale_or_updated() -> dg.AutomationCondition:
     """Declarative Automation for every stage: request an asset (partition) when it is missing,
-    its code version changed, or an input was updated; wait while an input is missing or
-    running, and never run it twice at once. Evaluated by the distill_automation sensor."""
+    its code version changed, or an input's data version changed (a rerun that produced the
+    same content pulls nothing along); wait while an input is missing or running, and never run
+    it twice at once. Evaluated by the distill_automation sensor."""
     return (
         (dg.AutomationCondition.newly_missing()
          | dg.AutomationCondition.code_version_changed()
-         | dg.AutomationCondition.any_deps_updated()).since_last_handled()
+         | dg.AutomationCondition.any_deps_match(
+             dg.AutomationCondition.data_version_changed())).since_last_handled()
         & ~dg.AutomationCondition.any_deps_missing()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()

@@ -80,9 +80,16 @@ def _materialize_stale(args: argparse.Namespace, defs, instance) -> int:
         stale_items,
     )
 
-    if args.dry_run:
+    project = defs.resources["project"].load()
+    for name in args.teacher or []:
+        try:
+            project.teacher(name)
+        except KeyError as exc:
+            print(f"error: --teacher: {exc.args[0]}", file=sys.stderr)
+            return 2
+    if args.dry_run:  # records the observed inputs (so the web UI agrees), runs nothing
         graph = defs.resolve_asset_graph()
-        observed = record_observations(instance, graph, defs.resources["project"].load())
+        observed = record_observations(instance, graph, project)
         if observed:
             print(f"recorded new versions of: {', '.join(observed)}")
         items = stale_items(instance, graph, teachers=args.teacher or None)
@@ -104,7 +111,6 @@ def _materialize_stale(args: argparse.Namespace, defs, instance) -> int:
         why = f": {'; '.join(item.causes)}" if item.causes else ""
         print(f"-> {item.label} ({item.status}{why})", flush=True)
 
-    project = defs.resources["project"].load()
     run = materialize_stale(defs, instance, teachers=args.teacher or None,
                             tags=project.orchestration.run_tags(), on_step=announce)
     if run.observed:
@@ -162,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="only what is missing or stale, stage by stage, and what that changes "
                           "downstream")
     run.add_argument("--dry-run", action="store_true",
-                     help="with --stale: list what is missing or stale and why; run nothing")
+                     help="with --stale: list what is missing or stale and why; run nothing "
+                          "(the observed inputs are recorded)")
     run.set_defaults(func=_materialize)
     models = sub.add_parser("prepare-models", help="resolve and convert the configured models")
     models.add_argument("--config")

@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from distill_dag.configbase import build_config, check_int, check_number
+
+_CRON = re.compile(r"^([0-9A-Za-z*/,?-]+\s+){4}[0-9A-Za-z*/,?-]+$")
 
 
 @dataclass
 class OrchestrationConfig:
     """How steps are retried and bounded, and when the backfill schedule ticks.
 
-    Changing these never makes an asset stale: they shape how work runs, not what it produces."""
+    Changing these never makes an asset stale: they shape how work runs, not what it produces.
+    Retries and the schedule's cron are read when the code location loads: reload it (or
+    restart `dagster dev`) after editing them."""
 
-    # Retries of a step that failed for a reason that may pass: out of memory on the GPU, a lost
-    # endpoint, a killed worker, a store catalog locked for too long by another run. Errors in
-    # config or data fail at once: they are raised as non-retryable.
+    # Retries of a step that raised an error that may pass: out of memory on the GPU, a lost
+    # endpoint, a store catalog locked too long by another run. Errors in config or data are
+    # raised as non-retryable and fail at once. (A killed run process needs Dagster's run
+    # retries, `run_retries` in dagster.yaml.)
     retries: int = 2
     # Seconds before the first retry; doubled for each later one, with jitter.
     retry_delay_s: float = 30.0
-    # Run tag dagster/max_runtime on the runs distill-dag launches (command, schedule, sensor,
-    # the distill_all job): with run monitoring on (dagster.yaml), the daemon fails a run that
-    # takes longer, so a hung GPU step does not hold the pool forever. 0 = no limit.
+    # Run tag dagster/max_runtime on the runs distill-dag launches (the command, the schedule,
+    # the sensors): with run monitoring on (dagster.yaml), the daemon fails a run that takes
+    # longer, so a hung GPU step does not hold the pool forever. 0 = no limit.
     max_runtime_s: int = 6 * 3600
     # Cron expression of stale_backfill_schedule (it starts stopped; turn it on in the UI).
     backfill_cron: str = "*/15 * * * *"
@@ -31,10 +37,9 @@ class OrchestrationConfig:
         check_int("retries", self.retries, minimum=0)
         check_number("retry_delay_s", self.retry_delay_s, 0.0)
         check_int("max_runtime_s", self.max_runtime_s, minimum=0)
-        from dagster._utils.schedules import is_valid_cron_string
-
-        if not isinstance(self.backfill_cron, str) or not is_valid_cron_string(self.backfill_cron):
-            raise ValueError(f"backfill_cron must be a cron expression, got {self.backfill_cron!r}")
+        if not isinstance(self.backfill_cron, str) or not _CRON.match(self.backfill_cron.strip()):
+            raise ValueError("backfill_cron must be a 5-field cron expression such as "
+                             f"'*/15 * * * *', got {self.backfill_cron!r}")
 
     def run_tags(self) -> dict[str, str]:
         return {"dagster/max_runtime": str(self.max_runtime_s)} if self.max_runtime_s else {}

@@ -3,11 +3,11 @@
 - `corpus_inbox_sensor` watches `corpus.inbox`. A new, changed or removed file is recorded as an
   observation of `corpus_files` and launches one backfill of query_corpus and everything
   downstream (all teacher partitions, then the tail). Stored samples are reused, so only the new
-  queries are generated.
+  queries are generated. If that backfill fails, the schedule picks the stale work up again.
 - `stale_backfill_schedule` records observations (config edits, file changes) and launches the
   earliest stale stage: the corpus, else every stale or missing teacher partition (generation
-  and scoring in one run each), else the stale tail. It skips a tick while its last launch is
-  still running, so ticks never pile up GPU runs.
+  and scoring in one run each), else the stale tail. Both skip a tick while a run or backfill
+  either launched is unfinished, so ticks never pile up GPU runs.
 - `distill_automation` evaluates the assets' automation conditions: once upstream work lands,
   the downstream stages follow within a tick instead of waiting for the schedule.
 
@@ -17,9 +17,12 @@ tab). `dagster dev` runs the daemon that ticks them.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import dagster as dg
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.definitions.events import AssetKeyPartitionKey
+from dagster._core.execution.backfill import BulkActionStatus
 
 from assets import ASSET_ORDER
 from distill_dag.orchestration_config import OrchestrationConfig
@@ -35,12 +38,20 @@ LAUNCHED_BY = "distill_dag/launched_by"
 DISTILL_ASSETS = dg.AssetSelection.assets(*ASSET_ORDER)
 
 
-def _in_flight(instance: dg.DagsterInstance, launched_by: str) -> bool:
+LAUNCHERS = ["stale_backfill_schedule", "corpus_inbox_sensor"]
+
+
+def _in_flight(instance: dg.DagsterInstance) -> bool:
+    """Whether a run or backfill that the schedule or the inbox sensor launched is unfinished:
+    neither launches more work on top of it (the same partition twice, GPU runs piling up)."""
     runs = instance.get_runs(filters=dg.RunsFilter(
-        tags={LAUNCHED_BY: launched_by},
+        tags={LAUNCHED_BY: LAUNCHERS},
         statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
                   dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]), limit=1)
-    return bool(runs)
+    if runs:
+        return True
+    backfills = instance.get_backfills(status=BulkActionStatus.REQUESTED, limit=20)
+    return any(b.tags.get(LAUNCHED_BY) in LAUNCHERS for b in backfills)
 
 
 def next_stale_requests(instance: dg.DagsterInstance, graph, tags: dict[str, str],
@@ -55,9 +66,16 @@ def next_stale_requests(instance: dg.DagsterInstance, graph, tags: dict[str, str
         return [dg.RunRequest(asset_selection=[dg.AssetKey("query_corpus")], tags=tags)]
     if first in PARTITIONED:
         partitions = sorted({i.partition for i in items if i.asset in PARTITIONED})
-        return [dg.RunRequest(asset_selection=[dg.AssetKey(a) for a in PARTITIONED],
-                              partition_key=p, tags=tags, run_key=f"{tick}:{p}")
-                for p in partitions]
+        requests = []
+        for p in partitions:
+            # Fresh outputs with stale scores: score only. Stale outputs: both, in one run.
+            outputs_stale = any(i.asset == PARTITIONED[0] and i.partition == p for i in items)
+            assets = PARTITIONED if outputs_stale else PARTITIONED[1:]
+            requests.append(dg.RunRequest(asset_selection=[dg.AssetKey(a) for a in assets],
+                                          partition_key=p, tags=tags, run_key=f"{tick}:{p}"))
+        return requests
+    # The tail runs in one run from the first stale asset on; its stages are memoized, so one
+    # whose inputs came out unchanged reuses its result.
     tail = [a for a, _ in downstream_closure(graph, [i for i in items if i.asset == first])]
     return [dg.RunRequest(asset_selection=[dg.AssetKey(a) for a in tail], tags=tags)]
 
@@ -71,8 +89,9 @@ def build_automation(settings: OrchestrationConfig) -> tuple[list, list]:
                              "first (see orchestration/automation.py).")
     def stale_backfill_schedule(context: dg.ScheduleEvaluationContext,
                                 project: ProjectResource):
-        if _in_flight(context.instance, "stale_backfill_schedule"):
-            return dg.SkipReason("the previous backfill run is still in progress")
+        if _in_flight(context.instance):
+            return dg.SkipReason("a run launched by the schedule or the inbox sensor is still "
+                                 "in progress")
         graph = context.repository_def.asset_graph
         cfg = project.load()
         observed = record_observations(context.instance, graph, cfg)
@@ -82,7 +101,7 @@ def build_automation(settings: OrchestrationConfig) -> tuple[list, list]:
         requests = next_stale_requests(context.instance, graph,
                                        {LAUNCHED_BY: "stale_backfill_schedule",
                                         **cfg.orchestration.run_tags()},
-                                       tick=when.isoformat() if when else "")
+                                       tick=(when or datetime.now(UTC)).isoformat())
         return requests or dg.SkipReason("nothing is missing or stale")
 
     @dg.sensor(name="corpus_inbox_sensor", minimum_interval_seconds=30,
@@ -96,9 +115,12 @@ def build_automation(settings: OrchestrationConfig) -> tuple[list, list]:
         version = cfg.corpus_sources_version()
         if context.cursor == version:
             return dg.SkipReason(f"no change in {cfg.corpus.inbox.folder}")
+        if _in_flight(context.instance):  # the cursor stays: the change is picked up after it
+            return dg.SkipReason("a run launched by the schedule or the inbox sensor is still "
+                                 "in progress")
         graph = context.repository_def.asset_graph
         record_observations(context.instance, graph, cfg)
-        items = [i for i in stale_items(context.instance, graph, ["query_corpus"])]
+        items = stale_items(context.instance, graph, ["query_corpus"])
         if not items:
             return dg.SensorResult(skip_reason="query_corpus is up to date", cursor=version)
         wanted = downstream_closure(graph, items)

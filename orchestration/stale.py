@@ -10,7 +10,8 @@ sensor:
 - Staleness is not transitive until an upstream asset re-runs. So `materialize_stale` goes stage
   by stage in DAG order, re-reading staleness after each one: a downstream stage runs only if an
   upstream re-run really changed its data version (content hashes, so a re-run that produced the
-  same data stops the cascade).
+  same data stops the cascade). The schedule and the sensor launch runs for the daemon instead
+  (see automation.py); the downstream stages in those runs are memoized.
 
 Dagster's stale-status resolver and asset-graph view live in `dagster._core`: they are what the
 web UI uses, but not public API, so they are imported in this one file.

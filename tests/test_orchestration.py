@@ -58,8 +58,14 @@ def test_every_asset_has_a_code_version_automation_and_retries(tmp_path):
     assert policy.max_retries == 2 and policy.backoff == dg.Backoff.EXPONENTIAL
 
 
+def _code_versions(config: Path, home: Path) -> dict[str, str]:
+    graph = build_definitions(config, home=str(home)).resolve_asset_graph()
+    return {name: graph.get(dg.AssetKey(name)).code_version for name in DISTILL}
+
+
 def test_editing_one_teacher_changes_only_its_observed_version(tmp_path):
     before = load_project_config(_config(tmp_path))
+    versions = _code_versions(tmp_path / "config.yaml", tmp_path / "home")
     data = yaml.safe_load((tmp_path / "config.yaml").read_text())
     data["teachers"][1]["sampling"]["temperature"] = 0.5
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
@@ -67,7 +73,19 @@ def test_editing_one_teacher_changes_only_its_observed_version(tmp_path):
     assert before.teacher_version("fewshot") == after.teacher_version("fewshot")
     assert before.teacher_version("zeroshot") != after.teacher_version("zeroshot")
     # ...and no asset's code version moves: the change reaches Dagster as an observation.
-    assert before.corpus_settings_hash() == after.corpus_settings_hash()
+    assert _code_versions(tmp_path / "config.yaml", tmp_path / "home") == versions
+
+
+def test_moving_the_project_folder_changes_no_version(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        _config(tmp_path / folder)
+        (tmp_path / folder / "inbox" / "q.jsonl").write_text(_rows(2))
+    a, b = (load_project_config(tmp_path / f / "config.yaml") for f in ("a", "b"))
+    assert a.corpus_sources_version() == b.corpus_sources_version()
+    assert _code_versions(tmp_path / "a" / "config.yaml", tmp_path / "h") == \
+        _code_versions(tmp_path / "b" / "config.yaml", tmp_path / "h")
 
 
 def test_corpus_sources_version_follows_file_contents(tmp_path):
@@ -97,6 +115,21 @@ def test_inbox_files_are_read_and_a_vanished_file_keeps_its_queries(tmp_path):
     assert len(second.warnings) == 1 and "a.jsonl is gone" in second.warnings[0]
     # Without the previous table there is nothing to keep: the queries are simply absent.
     assert build_corpus(cfg).queries.height == first.queries.height - 3
+
+
+def test_a_vanished_file_with_its_own_split_column_moves_no_query_between_splits(tmp_path):
+    rows = [{"prompt": f"Lee has {i} cups. Lee buys 3 more cups. How many cups does Lee have "
+                       f"now?", "reference_answer": str(i + 3), "split": "eval" if i < 3 else
+             "train"} for i in range(10)]
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = CorpusConfig.from_dict({"files": [{"path": str(path), "fields": {"split": "split"}}],
+                                  "generator": {"n": 30, "seed": 2, "levels": [1]}})
+    first = build_corpus(cfg)
+    assert first.queries.filter(pl.col("split") == "eval").height == 3  # explicit eval only
+    path.unlink()
+    kept = build_corpus(cfg, previous=first.queries)
+    assert kept.queries.equals(first.queries)
 
 
 def test_a_configured_file_that_vanished_keeps_its_queries_or_fails_clearly(tmp_path):
@@ -171,8 +204,8 @@ def test_inbox_sensor_backfills_the_corpus_and_everything_downstream(tmp_path):
         result = tick(quiet.cursor)
         [request] = result.run_requests
         subset = request.asset_graph_subset
-        assert subset.partitions_subsets_by_asset_key[dg.AssetKey("teacher_outputs")] \
-            .get_partition_keys() is not None
+        partitions = subset.partitions_subsets_by_asset_key[dg.AssetKey("teacher_outputs")]
+        assert set(partitions.get_partition_keys()) == {"fewshot", "zeroshot"}
         keys = {k.to_user_string() for k in subset.asset_keys}
         assert keys == set(DISTILL)
         assert not tick(result.cursor).run_requests  # the same files again: no new backfill

@@ -27,6 +27,10 @@ QUERY_SCHEMA: dict[str, Any] = {
     "difficulty": pl.Int64,
     "source_file": pl.String,
     "source_line": pl.Int64,
+    # "explicit" (a file's split column or a source's forced split) or "hash" (eval_fraction):
+    # a file that disappears keeps its rows' splits, and only explicit eval rows make the
+    # corpus one with an explicit eval set.
+    "split_origin": pl.String,
 }
 QUARANTINE_SCHEMA: dict[str, Any] = {
     "source_file": pl.String,
@@ -179,14 +183,19 @@ def _dedup(rows: list[dict], out: list[dict], stats: Counter) -> list[dict]:
 def _assign_splits(
     rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Counter
 ) -> list[dict]:
+    for row in rows:
+        if row.get("split") is not None and row.get("split_origin") is None:
+            row["split_origin"] = "explicit"  # set by the file, not carried from a past build
     explicit_eval = any(f.split == "eval" for f in cfg.files) or any(
-        r.get("split") == "eval" for r in rows
+        r.get("split") == "eval" and r["split_origin"] == "explicit"
+        for r in rows if r.get("split") is not None
     )
     for row in rows:
         if row.get("split") is None:
             # With an explicit eval set, unlabelled rows are training rows.
             hashed = not explicit_eval and eval_bucket(row["query_id"]) < cfg.eval_fraction
             row["split"] = "eval" if hashed else "train"
+            row["split_origin"] = "hash"
     evals = sorted(
         (r for r in rows if r["split"] == "eval"), key=lambda r: eval_bucket(r["query_id"])
     )
@@ -205,6 +214,7 @@ def _assign_splits(
         else:
             # Hash-picked overflow was never special; it trains like any other query.
             row["split"] = "train"
+            row["split_origin"] = "hash"
             kept.append(row)
     return kept
 
@@ -258,14 +268,20 @@ def _empty_message(stats: dict[str, int], quarantine: list[dict]) -> str:
     )
 
 
-def _carried_rows(previous: pl.DataFrame | None, source_file: str, split: str | None
-                  ) -> list[dict]:
-    """The rows a previous build ingested from `source_file`, ready to curate again."""
+def _carried_rows(previous: pl.DataFrame | None, source_file: str) -> list[dict]:
+    """The rows a previous build ingested from `source_file` (matched by path, else by file
+    name, so a moved project folder still finds them), ready to curate again."""
     if previous is None or previous.is_empty():
         return []
-    rows = previous.filter(pl.col("source_file") == source_file).to_dicts()
-    # A forced split is re-applied; a hashed one is re-derived from the same query_id.
-    return [{**{k: v for k, v in r.items() if k != "query_id"}, "split": split} for r in rows]
+    rows = previous.filter(pl.col("source_file") == source_file)
+    if rows.is_empty():
+        name = Path(source_file).name
+        rows = previous.filter(pl.col("source_file").str.extract(r"([^/\\]+)$") == name)
+    # A carried row keeps the split it had (the split it was trained or evaluated in must not
+    # change because its file is gone) and where that split came from (tables written before
+    # split_origin existed: treated as hashed).
+    return [{**{k: v for k, v in r.items() if k != "query_id"},
+             "split_origin": r.get("split_origin") or "hash"} for r in rows.to_dicts()]
 
 
 def _load_sources(cfg: CorpusConfig, previous: pl.DataFrame | None, rows: list[dict],
@@ -273,7 +289,7 @@ def _load_sources(cfg: CorpusConfig, previous: pl.DataFrame | None, rows: list[d
     """Read every source. A file that disappeared after it was ingested keeps its queries."""
     for source in cfg.all_sources():
         if not Path(source.path).is_file():
-            carried = _carried_rows(previous, str(Path(source.path)), source.split)
+            carried = _carried_rows(previous, str(Path(source.path)))
             if not carried:
                 load_file(source)  # raises FileNotFoundError naming the file
             warnings.append(f"corpus file {source.path} is gone; its {len(carried)} queries "
@@ -288,12 +304,13 @@ def _load_sources(cfg: CorpusConfig, previous: pl.DataFrame | None, rows: list[d
     if cfg.inbox is None or previous is None or previous.is_empty():
         return
     # Inbox files are listed from the folder, so a removed one is simply not listed.
-    listed = {str(Path(s.path)) for s in cfg.inbox.sources()}
+    listed = {Path(s.path).name for s in cfg.inbox.sources()}
     folder = Path(cfg.inbox.folder)
     ingested = previous.filter(pl.col("source_file").is_not_null())["source_file"].unique()
     for name in sorted(ingested):
-        if Path(name).parent == folder and name not in listed:
-            carried = _carried_rows(previous, name, cfg.inbox.split)
+        # Matched by folder name too, so a moved project folder still finds its inbox rows.
+        if Path(name).parent.name == folder.name and Path(name).name not in listed:
+            carried = _carried_rows(previous, name)
             warnings.append(f"inbox file {name} is gone; its {len(carried)} queries ingested "
                             "earlier are kept")
             rows.extend(carried)

@@ -332,6 +332,7 @@ def file_digest(path: str | Path) -> str:
     return _DIGESTS[key]
 
 
-def sources_fingerprint(sources: list[FileSource]) -> dict[str, str]:
-    """Each source file's path -> content digest ("missing" if absent)."""
-    return {str(Path(s.path)): file_digest(s.path) for s in sources}
+def sources_fingerprint(sources: list[FileSource]) -> list[tuple[str, str]]:
+    """(file name, content digest or "missing") of each source, in order. Names, not paths:
+    moving the project folder changes no content."""
+    return [(Path(s.path).name, file_digest(s.path)) for s in sources]

@@ -72,7 +72,7 @@ def score_cached(
     tokens, seconds = 0, 0.0
     if todo_unique:
         _ = loaded.model  # load weights (lazily) before the clock starts
-        chunk = max(cfg.batch_size * 8, 8)  # store every 8 batches: a crash loses little
+        chunk = cfg.batch_size * 8  # store every 8 batches: a crash loses little
         with tqdm(total=len(todo_unique), desc=f"score {label}", unit="seq",
                   disable=not show_progress) as bar:
             for begin in range(0, len(todo_unique), chunk):
