@@ -14,6 +14,7 @@ from assets._common import (
 )
 from distill_dag import verify
 from distill_dag.config import ProjectConfig
+from distill_dag.generation.openai_backend import EndpointError
 from distill_dag.generation.run import generate_teacher_outputs, verify_outputs
 from distill_dag.models import ModelResolutionError
 from resources import ProjectResource, RuntimeResource, StoreResource
@@ -59,6 +60,10 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
         except ModelResolutionError as exc:
             raise fail(f"teacher {teacher.name!r} (teachers[].model): {exc}"
                       ) from exc
+        except EndpointError as exc:  # finished samples are stored; a rerun resumes after them
+            if not exc.retryable:
+                raise fail(str(exc)) from exc
+            raise dg.Failure(description=str(exc)) from exc
         outputs = verify_outputs(summary.outputs, queries)
         db.replace_rows("teacher_outputs", outputs, "teacher", teacher.name)
 
@@ -87,6 +92,8 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
                 "mean_completion_tokens": round(float(outputs["completion_tokens"].mean() or 0),
                                                 1),
                 "model": teacher.model,
+                **{f"endpoint_{k}": (round(v, 6) if isinstance(v, float) else v)
+                   for k, v in summary.endpoint_usage.items()},
                 **work_counters(samples_generated=summary.generated,
                                 tokens_generated=summary.tokens_generated,
                                 samples_verified=outputs.height),

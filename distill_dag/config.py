@@ -82,7 +82,15 @@ class ProjectConfig:
     def teacher_version(self, name: str) -> str:
         """A hash of one teacher's settings: the observed data version of its config partition,
         so editing one teacher makes only that teacher's partition stale."""
-        return stable_hash(_plain(self.teacher(name)), length=12)
+        plain = _plain(self.teacher(name))
+        # How fast or where it runs changes no output: batch size, the server's address,
+        # concurrency, rate limits, retries, prices.
+        plain.pop("batch_size", None)
+        if plain.get("endpoint"):
+            plain["endpoint"] = {"model": plain["endpoint"]["model"],
+                                 "api": plain["endpoint"]["api"],
+                                 "logprobs": plain["endpoint"]["logprobs"]}
+        return stable_hash(plain, length=12)
 
     def corpus_sources_version(self) -> str:
         """A hash of the corpus files' contents (inbox included): the observed data version of

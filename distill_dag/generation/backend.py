@@ -77,6 +77,10 @@ def make_backend(
         from distill_dag.generation.transformers_backend import TransformersBackend
 
         return TransformersBackend(teacher, device=device, dtype=dtype)
+    if teacher.backend == "openai":
+        from distill_dag.generation.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(teacher)
     raise ConfigError(  # config validation normally catches this first
         f"unknown backend {teacher.backend!r}; known backends: {', '.join(KNOWN_BACKENDS)}"
     )

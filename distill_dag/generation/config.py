@@ -12,7 +12,8 @@ from typing import Any
 
 from distill_dag.configbase import ConfigError, build_config, check_keys, stable_hash
 
-KNOWN_BACKENDS = ("transformers",)  # vllm and openai-compatible arrive with their own issue
+KNOWN_BACKENDS = ("transformers", "openai")
+ENDPOINT_APIS = ("chat", "completions")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -95,6 +96,71 @@ class PromptConfig:
 
 
 @dataclass
+class EndpointConfig:
+    """An OpenAI-compatible server: vLLM serve, SGLang, llama.cpp server or a hosted API."""
+
+    base_url: str  # e.g. http://127.0.0.1:8000/v1 (the part before /chat/completions)
+    model: str  # the model name the server serves (the "model" field of each request)
+    # chat: /chat/completions, the server applies its chat template to the messages.
+    # completions: /completions with the prompt rendered here (a plain prompt, or the chat
+    # template of the teacher's local `model` copy).
+    api: str = "chat"
+    # The NAME of the environment variable holding the API key (never the key itself); None
+    # sends no Authorization header (local servers).
+    api_key_env: str | None = None
+    max_concurrency: int = 8  # requests in flight at once
+    requests_per_minute: int | None = None  # client-side rate limit; None: none
+    tokens_per_minute: int | None = None  # prompt + completion tokens per minute; None: none
+    timeout_s: float = 120.0  # per request
+    max_retries: int = 5  # on timeouts, lost connections, 429, 5xx and malformed responses
+    backoff_s: float = 1.0  # first retry wait (doubled each retry, full jitter, Retry-After wins)
+    logprobs: bool = True  # ask for per-token log-probs (provenance scores the teacher locally
+    #                        where a server returns none)
+    price_per_million_input: float = 0.0  # for the cost figure in the asset metadata
+    price_per_million_output: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://",
+                                                                              "https://")):
+            raise ConfigError(f"base_url must start with http:// or https://, got "
+                              f"{self.base_url!r}")
+        if "@" in self.base_url.split("//", 1)[1].split("/", 1)[0]:
+            raise ConfigError("base_url must not carry credentials; put the key in the "
+                              "environment variable named by api_key_env")
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError("model must name the model the server serves")
+        if self.api not in ENDPOINT_APIS:
+            raise ConfigError(f"api must be one of {ENDPOINT_APIS}, got {self.api!r}")
+        if self.api_key_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                                         str(self.api_key_env)):
+            raise ConfigError(f"api_key_env must be an environment variable name, got "
+                              f"{self.api_key_env!r} (never put the key itself in the config)")
+        for name in ("max_concurrency", "max_retries"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (
+                    1 if name == "max_concurrency" else 0):
+                raise ConfigError(f"{name} must be an integer >= "
+                                  f"{1 if name == 'max_concurrency' else 0}, got {value!r}")
+        for name in ("requests_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
+        for name in ("timeout_s", "backoff_s", "price_per_million_input",
+                     "price_per_million_output"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if self.timeout_s == 0:
+            raise ConfigError("timeout_s must be > 0")
+
+    @property
+    def fingerprint(self) -> str:
+        """What decides the outputs (not where the server runs or how fast it is asked)."""
+        return stable_hash({"model": self.model, "api": self.api}, length=16)
+
+
+@dataclass
 class TeacherConfig:
     """One teacher: (model, backend, prompt template, sampling). One Dagster partition each."""
 
@@ -104,6 +170,10 @@ class TeacherConfig:
     prompt: PromptConfig = field(default_factory=PromptConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     batch_size: int = 32  # prompts per generate() call; larger is faster until memory runs out
+    # backend "openai": the server to call. `model` then names a local copy of the same model
+    # (or its tokenizer), used for the completions API's chat template and for scoring the
+    # teacher locally when the server returns no log-probs.
+    endpoint: EndpointConfig | None = None
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name or ""):
@@ -115,6 +185,9 @@ class TeacherConfig:
             )
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if (self.backend == "openai") != (self.endpoint is not None):
+            raise ConfigError(f"teacher {self.name!r}: backend 'openai' needs an endpoint "
+                              "{base_url, model, ...}, and only it takes one")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> TeacherConfig:
@@ -123,6 +196,8 @@ class TeacherConfig:
         prompt = build_config(PromptConfig, data.pop("prompt", {}) or {}, f"{where}.prompt")
         sampling = build_config(SamplingConfig, data.pop("sampling", {}) or {},
                                 f"{where}.sampling")
+        if data.get("endpoint") is not None:
+            data["endpoint"] = build_config(EndpointConfig, data["endpoint"], f"{where}.endpoint")
         try:
             return cls(prompt=prompt, sampling=sampling, **data)
         except (ConfigError, TypeError) as exc:

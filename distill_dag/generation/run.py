@@ -9,7 +9,7 @@ means a new verifier version re-verifies without regenerating anything.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 
@@ -27,6 +27,8 @@ class GenerationSummary:
     generated: int  # requests generated in this call (the rest came from the store)
     tokens_generated: int  # completion tokens generated in this call
     seconds: float  # wall time of generation in this call (model loading excluded)
+    # An HTTP backend's requests, retries, tokens billed and cost in this call; else empty.
+    endpoint_usage: dict[str, float] = field(default_factory=dict)
 
 
 def build_requests(backend: GenerationBackend, teacher: TeacherConfig, queries: pl.DataFrame
@@ -109,7 +111,11 @@ def generate_teacher_outputs(
     stored = pl.concat(frames, how="diagonal_relaxed")
     wanted = pl.DataFrame({"request_key": [r.key for r in requests]}).unique(maintain_order=True)
     outputs = wanted.join(stored, on="request_key", how="inner")
-    return GenerationSummary(outputs, len(requests), generated, tokens, seconds)
+    usage = getattr(backend, "usage", None)
+    endpoint_usage = {} if usage is None else {
+        k: getattr(usage, k) for k in ("requests", "retries", "prompt_tokens",
+                                       "completion_tokens", "cost")}
+    return GenerationSummary(outputs, len(requests), generated, tokens, seconds, endpoint_usage)
 
 
 def verify_outputs(outputs: pl.DataFrame, queries: pl.DataFrame) -> pl.DataFrame:

@@ -1,0 +1,343 @@
+"""A teacher behind an OpenAI-compatible HTTP endpoint (vLLM serve, SGLang, llama.cpp, hosted).
+
+One HTTP request per sample, each with its own seed derived from the request key: samples are
+reproducible where the server honours seeds, and a crash or a restarted server loses only the
+requests in flight (every finished one is stored by the caller batch by batch).
+
+Faults: timeouts, lost connections, 429, 5xx and malformed JSON are retried with exponential
+backoff and full jitter (a Retry-After header wins); 401/403/404 and other client errors fail
+at once with the server's message, so a bad key or model name never becomes a retry storm.
+The API key is read from the environment variable the config names, at request time; it is
+never stored on the backend, logged or put in an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from distill_dag.configbase import stable_hash
+from distill_dag.generation.backend import GenerationRequest, GenerationResult
+from distill_dag.generation.config import TeacherConfig
+from distill_dag.generation.prompts import chat_messages, plain_stop_strings, render_prompt
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+MAX_BACKOFF_S = 60.0
+
+
+class EndpointError(RuntimeError):
+    """The endpoint failed in a way retrying cannot fix, or kept failing past the retries.
+    `retryable`: whether a later attempt (a step retry) may succeed."""
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass
+class EndpointUsage:
+    """What the endpoint was asked for and billed, for the asset metadata."""
+
+    requests: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, prompt_tokens: int, completion_tokens: int, price_in: float,
+            price_out: float) -> None:
+        with self.lock:
+            self.requests += 1
+            self.prompt_tokens += prompt_tokens
+            self.completion_tokens += completion_tokens
+            self.cost += (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
+
+
+class RateLimiter:
+    """Requests and tokens per minute, as two token buckets refilled continuously."""
+
+    def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None) -> None:
+        self.rpm, self.tpm = requests_per_minute, tokens_per_minute
+        self.requests = float(requests_per_minute or 0)
+        self.tokens = float(tokens_per_minute or 0)
+        self.updated = time.monotonic()
+        self.lock = threading.Lock()
+
+    def acquire(self, tokens: int) -> None:
+        """Block until one request of about `tokens` tokens fits in both budgets."""
+        if not self.rpm and not self.tpm:
+            return
+        if self.tpm:
+            tokens = min(tokens, self.tpm)  # a request larger than a minute's budget still runs
+        while True:
+            with self.lock:
+                now = time.monotonic()
+                minutes = (now - self.updated) / 60.0
+                self.updated = now
+                if self.rpm:
+                    self.requests = min(self.rpm, self.requests + minutes * self.rpm)
+                if self.tpm:
+                    self.tokens = min(self.tpm, self.tokens + minutes * self.tpm)
+                need_r = 0.0 if not self.rpm else max(0.0, 1 - self.requests) / self.rpm
+                need_t = 0.0 if not self.tpm else max(0.0, tokens - self.tokens) / self.tpm
+                wait_s = 60.0 * max(need_r, need_t)
+                if wait_s == 0:
+                    if self.rpm:
+                        self.requests -= 1
+                    if self.tpm:
+                        self.tokens -= tokens
+                    return
+            time.sleep(min(wait_s, 1.0))
+
+
+def _redacted(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+class OpenAIBackend:
+    """Generation through /chat/completions or /completions of an OpenAI-compatible server."""
+
+    name = "openai"
+
+    def __init__(self, teacher: TeacherConfig, sleep: Callable[[float], None] = time.sleep
+                 ) -> None:
+        assert teacher.endpoint is not None  # TeacherConfig validation guarantees it
+        self.teacher = teacher
+        self.endpoint = teacher.endpoint
+        self.base_url = self.endpoint.base_url.rstrip("/")
+        self.model_fingerprint = f"openai-{self.endpoint.fingerprint}"
+        self.usage = EndpointUsage()
+        self.limiter = RateLimiter(self.endpoint.requests_per_minute,
+                                   self.endpoint.tokens_per_minute)
+        self._sleep = sleep
+        self._local = threading.local()
+        self._tokenizer = None
+        self.stop = list(teacher.sampling.stop)
+        if self.endpoint.api == "completions" and teacher.prompt.style == "plain":
+            self.stop += [s for s in plain_stop_strings(teacher.prompt) if s not in self.stop]
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def render(self, query: str) -> str:
+        """The request's prompt as text: the JSON of the chat messages for the chat API (the
+        server renders them), else the prompt rendered here."""
+        if self.endpoint.api == "chat":
+            return json.dumps(chat_messages(self.teacher.prompt, query), ensure_ascii=False)
+        if self.teacher.prompt.style == "plain":
+            return render_prompt(self.teacher.prompt, query, tokenizer=None)
+        return render_prompt(self.teacher.prompt, query, self._local_tokenizer())
+
+    def _local_tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            from distill_dag.models import resolve_model
+
+            self._tokenizer = AutoTokenizer.from_pretrained(
+                resolve_model(self.teacher.model).hf_dir)
+        return self._tokenizer
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    def _session(self):
+        import requests
+
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def _headers(self) -> tuple[dict[str, str], str | None]:
+        name = self.endpoint.api_key_env
+        if not name:
+            return {}, None
+        key = os.environ.get(name)
+        if not key:
+            raise EndpointError(f"teacher {self.teacher.name!r}: the API key variable ${name} "
+                                "(endpoint.api_key_env) is not set")
+        return {"Authorization": f"Bearer {key}"}, key
+
+    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One API call with retries; returns the parsed JSON or raises EndpointError."""
+        import requests
+
+        url = f"{self.base_url}{path}"
+        where = f"teacher {self.teacher.name!r}: {method} {url}"
+        attempt = 0
+        while True:
+            headers, secret = self._headers()
+            problem, retry_after = None, None
+            try:
+                response = self._session().request(method, url, json=body, headers=headers,
+                                                   timeout=self.endpoint.timeout_s)
+            except requests.Timeout:
+                problem = f"no answer within {self.endpoint.timeout_s:g} s"
+            except requests.ConnectionError as exc:
+                problem = f"cannot connect ({type(exc).__name__}); is the server running?"
+            else:
+                if response.status_code == 200:
+                    try:
+                        return response.json()
+                    except ValueError:
+                        problem = f"malformed JSON in the response: {response.text[:200]!r}"
+                elif response.status_code in RETRY_STATUS:
+                    problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                    retry_after = response.headers.get("Retry-After")
+                else:
+                    hint = {401: "check the key in $" + str(self.endpoint.api_key_env),
+                            403: "the key is not allowed to use this model",
+                            404: f"is endpoint.model {self.endpoint.model!r} served here, and "
+                                 "does base_url end in /v1?"}.get(response.status_code, "")
+                    raise EndpointError(_redacted(
+                        f"{where}: HTTP {response.status_code}: {response.text[:300]}"
+                        + (f" ({hint})" if hint else ""), secret))
+            if attempt >= self.endpoint.max_retries:
+                raise EndpointError(_redacted(
+                    f"{where}: {problem} (gave up after {attempt} retries)", secret),
+                    retryable=True)
+            attempt += 1
+            with self.usage.lock:
+                self.usage.retries += 1
+            self._sleep(self._backoff(attempt, retry_after))
+
+    def _backoff(self, attempt: int, retry_after: str | None) -> float:
+        if retry_after:
+            try:
+                return min(float(retry_after), MAX_BACKOFF_S)
+            except ValueError:
+                pass
+        cap = min(MAX_BACKOFF_S, self.endpoint.backoff_s * 2 ** (attempt - 1))
+        return random.uniform(0, cap)  # full jitter: many clients do not retry in lockstep
+
+    def prepare(self) -> None:
+        """Check the server answers and serves the model, before any generation is timed."""
+        listed = self._call("GET", "/models")
+        names = [m.get("id") for m in listed.get("data", []) if isinstance(m, dict)]
+        if names and self.endpoint.model not in names:
+            raise EndpointError(f"teacher {self.teacher.name!r}: {self.base_url} does not serve "
+                                f"model {self.endpoint.model!r} (endpoint.model); it serves "
+                                f"{names[:10]}")
+
+    # -- generation ------------------------------------------------------------------------------
+    def _body(self, request: GenerationRequest) -> dict:
+        s = self.teacher.sampling
+        body: dict = {"model": self.endpoint.model, "max_tokens": s.max_new_tokens,
+                      "temperature": s.temperature, "top_p": s.top_p, "n": 1,
+                      "seed": int(stable_hash({"seed": s.seed, "key": request.key}), 16) % 2**31}
+        if s.top_k:
+            body["top_k"] = s.top_k  # vLLM, SGLang and llama.cpp accept it; OpenAI ignores it
+        if self.stop:
+            body["stop"] = self.stop
+        if self.endpoint.api == "chat":
+            body["messages"] = json.loads(request.prompt_text)
+            if self.endpoint.logprobs:
+                body["logprobs"] = True
+        else:
+            body["prompt"] = request.prompt_text
+            if self.endpoint.logprobs:
+                body["logprobs"] = 1
+        return body
+
+    def _one(self, request: GenerationRequest) -> GenerationResult:
+        body = self._body(request)
+        self.limiter.acquire(len(request.prompt_text) // 4 + body["max_tokens"])
+        started = time.perf_counter()
+        path = "/chat/completions" if self.endpoint.api == "chat" else "/completions"
+        data = self._call("POST", path, body)
+        try:
+            choice = data["choices"][0]
+            if self.endpoint.api == "chat":
+                text = choice["message"]["content"] or ""
+                tokens, logprobs = _chat_logprobs(choice.get("logprobs"))
+            else:
+                text = choice["text"]
+                tokens, logprobs = _completion_logprobs(choice.get("logprobs"))
+            usage = data.get("usage") or {}
+        except (KeyError, IndexError, TypeError) as exc:
+            raise EndpointError(f"teacher {self.teacher.name!r}: unexpected response shape "
+                                f"({exc!r}): {json.dumps(data)[:300]}") from exc
+        starts = _token_starts(tokens, text)
+        if starts is None:  # the tokens do not spell the text: keep the text, drop log-probs
+            logprobs, starts = [], []
+        else:  # tokens past the text (a stop string the server cut) belong to no sentence
+            keep = [i for i, st in enumerate(starts) if st < len(text)]
+            logprobs, starts = [logprobs[i] for i in keep], [starts[i] for i in keep]
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or len(tokens))
+        self.usage.add(prompt_tokens, completion_tokens, self.endpoint.price_per_million_input,
+                       self.endpoint.price_per_million_output)
+        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        # As in the transformers backend: the stored response has no leading whitespace (the
+        # record a student trains on has none); it is kept in `lead` for scoring.
+        lead = text[: len(text) - len(text.lstrip())]
+        text = text.strip()
+        starts = [max(0, st - len(lead)) for st in starts]
+        return GenerationResult(
+            key=request.key, query_id=request.query_id, sample_index=request.sample_index,
+            text=text, token_ids=[], token_logprobs=logprobs, token_starts=starts,
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+            finish_reason=finish, latency_s=time.perf_counter() - started, lead=lead)
+
+    def generate(self, requests: list[GenerationRequest],
+                 progress: Callable[[int], None] | None = None
+                 ) -> Iterator[list[GenerationResult]]:
+        """Run up to max_concurrency requests at once; yield finished results in groups of
+        `batch_size`. On a failure, the finished results are yielded first, then it raises."""
+        batch: list[GenerationResult] = []
+        pending = list(reversed(requests))
+        failure: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=self.endpoint.max_concurrency) as pool:
+            running: set[Future] = set()
+            while pending or running:
+                while pending and failure is None and len(running) < self.endpoint.max_concurrency:
+                    running.add(pool.submit(self._one, pending.pop()))
+                if not running:
+                    break
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        batch.append(future.result())
+                        if progress:
+                            progress(1)
+                    except BaseException as exc:
+                        failure = failure or exc
+                if len(batch) >= self.teacher.batch_size or (failure and batch):
+                    yield batch
+                    batch = []
+                if failure is not None:
+                    pending.clear()  # let the requests in flight finish, start no new ones
+        if batch:
+            yield batch
+        if failure is not None:
+            raise failure
+
+
+def _chat_logprobs(logprobs: dict | None) -> tuple[list[str], list[float]]:
+    content = (logprobs or {}).get("content") or []
+    tokens = [c["token"] if c.get("bytes") is None else
+              bytes(c["bytes"]).decode("utf-8", errors="replace") for c in content]
+    return tokens, [float(c["logprob"]) for c in content]
+
+
+def _completion_logprobs(logprobs: dict | None) -> tuple[list[str], list[float]]:
+    tokens = list((logprobs or {}).get("tokens") or [])
+    values = [float(v) if v is not None else 0.0
+              for v in (logprobs or {}).get("token_logprobs") or []]
+    return tokens, values
+
+
+def _token_starts(tokens: list[str], text: str) -> list[int] | None:
+    """Char offset of each token in `text`, or None when the tokens do not spell `text` (a
+    server that returns log-probs of other tokens, or a stop string cut from the text)."""
+    starts, position = [], 0
+    for token in tokens:
+        starts.append(position)
+        position += len(token)
+    spelled = "".join(tokens)
+    if tokens and not (spelled.startswith(text) or text.startswith(spelled)):
+        return None
+    return starts
