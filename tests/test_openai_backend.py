@@ -140,3 +140,37 @@ def test_endpoint_config_is_validated():
             _teacher("http://127.0.0.1:1/v1", **bad)
     with pytest.raises(ConfigError, match="needs an endpoint"):
         TeacherConfig.from_dict({"name": "x", "model": "m", "backend": "openai"}, "teachers[0]")
+
+
+class _Clock:
+    """A clock that only moves when the limiter sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_rate_limiter_holds_requests_and_tokens_per_minute():
+    from distill_dag.generation.openai_backend import RateLimiter
+
+    clock = _Clock()
+    limiter = RateLimiter(requests_per_minute=60, tokens_per_minute=None, clock=clock,
+                          sleep=clock.sleep)
+    for _ in range(60):  # a full bucket: one minute's requests at once
+        limiter.acquire(10)
+    assert clock.now == 0.0
+    for _ in range(30):
+        limiter.acquire(10)
+    assert clock.now == pytest.approx(30.0, abs=1.0)  # then one per second
+
+    clock = _Clock()
+    limiter = RateLimiter(None, tokens_per_minute=1000, clock=clock, sleep=clock.sleep)
+    for _ in range(10):
+        limiter.acquire(100)  # exactly one minute's tokens
+    limiter.acquire(500)
+    assert clock.now == pytest.approx(30.0, abs=1.0)  # 500 tokens = half a minute more

@@ -63,11 +63,14 @@ class EndpointUsage:
 class RateLimiter:
     """Requests and tokens per minute, as two token buckets refilled continuously."""
 
-    def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None) -> None:
+    def __init__(self, requests_per_minute: int | None, tokens_per_minute: int | None,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.rpm, self.tpm = requests_per_minute, tokens_per_minute
         self.requests = float(requests_per_minute or 0)
         self.tokens = float(tokens_per_minute or 0)
-        self.updated = time.monotonic()
+        self.clock, self.sleep = clock, sleep
+        self.updated = clock()
         self.lock = threading.Lock()
 
     def acquire(self, tokens: int) -> None:
@@ -78,7 +81,7 @@ class RateLimiter:
             tokens = min(tokens, self.tpm)  # a request larger than a minute's budget still runs
         while True:
             with self.lock:
-                now = time.monotonic()
+                now = self.clock()
                 minutes = (now - self.updated) / 60.0
                 self.updated = now
                 if self.rpm:
@@ -94,7 +97,7 @@ class RateLimiter:
                     if self.tpm:
                         self.tokens -= tokens
                     return
-            time.sleep(min(wait_s, 1.0))
+            self.sleep(min(wait_s, 1.0))
 
 
 def _redacted(text: str, secret: str | None) -> str:
