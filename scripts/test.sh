@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The HTTP backend's tests run against a real llama.cpp server (once: it builds from source).
+if ! .venv/bin/python -c "import llama_cpp.server" 2>/dev/null; then
+  echo "test: installing llama-cpp-python[server] (builds from source, about 6 min, once)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[llamacpp]"
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"

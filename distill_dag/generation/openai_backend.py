@@ -239,6 +239,7 @@ class OpenAIBackend:
             body["messages"] = json.loads(request.prompt_text)
             if self.endpoint.logprobs:
                 body["logprobs"] = True
+                body["top_logprobs"] = 1  # llama.cpp's server returns none without it
         else:
             body["prompt"] = request.prompt_text
             if self.endpoint.logprobs:
@@ -279,6 +280,9 @@ class OpenAIBackend:
         lead = text[: len(text) - len(text.lstrip())]
         text = text.strip()
         starts = [max(0, st - len(lead)) for st in starts]
+        # Trailing whitespace tokens are past the stripped text: they belong to no sentence.
+        keep = [i for i, st in enumerate(starts) if st < len(text) or not text]
+        logprobs, starts = [logprobs[i] for i in keep], [starts[i] for i in keep]
         return GenerationResult(
             key=request.key, query_id=request.query_id, sample_index=request.sample_index,
             text=text, token_ids=[], token_logprobs=logprobs, token_starts=starts,

