@@ -57,6 +57,11 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
                        f"teachers[].model): {exc}") from exc
         summary = score_provenance(outputs, queries, teacher, cfg.student, cfg.provenance, db,
                                    teacher_model, student, show_progress=runtime.show_progress)
+        rescored = int((summary.samples["teacher_logprob_source"] == "rescore").sum())
+        if rescored and cfg.provenance.teacher_logprobs != "rescore":
+            context.log.warning(f"{teacher.name}: {rescored} samples came without log-probs "
+                                f"(backend {teacher.backend}); the teacher was scored locally "
+                                f"with {teacher.model}")
         db.replace_rows("provenance_sentences", summary.sentences, "teacher", teacher.name)
         db.replace_rows("provenance_samples", summary.samples, "teacher", teacher.name)
 

@@ -20,7 +20,7 @@ import requests
 
 from distill_dag.generation.config import TeacherConfig
 from distill_dag.generation.openai_backend import EndpointError, OpenAIBackend
-from distill_dag.generation.run import build_requests, generate_teacher_outputs
+from distill_dag.generation.run import build_requests, generate_teacher_outputs, verify_outputs
 from distill_dag.store import Store
 
 pytestmark = pytest.mark.slow
@@ -97,7 +97,8 @@ QUERIES = pl.DataFrame({"query_id": ["a", "b", "c"],
                                    "does Ana have now?",
                                    "Bo has 9 pens. Bo loses 4 pens. How many pens does Bo have?",
                                    "Cy has 2 bags. Each bag holds 5 nuts. How many nuts does Cy "
-                                   "have?"]})
+                                   "have?"],
+                        "reference_answer": ["5", "5", "10"]})
 
 
 @pytest.mark.parametrize("api", ["chat", "completions"])
@@ -146,3 +147,24 @@ def test_server_killed_mid_run_then_restarted_resumes(tmp_path):
     finally:
         server.kill()
     assert summary.generated == 6 - kept.height and summary.outputs.height == 6
+
+
+def test_a_server_without_logprobs_falls_back_to_scoring_the_teacher_locally(llama, tmp_path):
+    from distill_dag.models import load_model
+    from distill_dag.provenance.categories import ProvenanceConfig
+    from distill_dag.provenance.run import score_provenance
+    from tests.conftest import SMOLLM
+
+    teacher = _teacher(llama.base_url, logprobs=False)
+    store = Store(tmp_path)
+    queries = QUERIES.head(2)
+    outputs = generate_teacher_outputs(teacher, queries, store, show_progress=False).outputs
+    outputs = verify_outputs(outputs, queries)
+    assert outputs["token_logprobs"].list.len().max() == 0
+    model = load_model(SMOLLM, "cpu", "fp32")
+    from distill_dag.generation.config import StudentConfig
+
+    summary = score_provenance(outputs, queries, teacher, StudentConfig(), ProvenanceConfig(),
+                               store, model, model, show_progress=False)
+    assert set(summary.samples["teacher_logprob_source"]) == {"rescore"}
+    assert summary.sentences["lp_teacher"].null_count() == 0
