@@ -44,6 +44,7 @@ def build(project: ProjectConfig) -> list:
                      f"{project.section_hash('evaluation', 'student', 'provenance')}",
         kinds={"pytorch", "mlflow"},
         pool="gpu",
+        op_tags=project.orchestration.gpu_op_tags(),
         check_specs=[
             dg.AssetCheckSpec("distilled_beats_base", asset="eval_report",
                               description="The distilled student's greedy pass@1 gain over the "

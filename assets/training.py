@@ -42,6 +42,7 @@ def build(project: ProjectConfig) -> list:
         code_version=f"{STAGE_VERSION}+{project.section_hash('training', 'student')}",
         kinds={"pytorch", "mlflow"},
         pool="gpu",
+        op_tags=project.orchestration.gpu_op_tags(),
         check_specs=[
             dg.AssetCheckSpec("hf_folder", asset="distilled_checkpoint", blocking=True,
                               description="The checkpoint folder has weights (safetensors), "

@@ -32,14 +32,28 @@ class OrchestrationConfig:
     max_runtime_s: int = 6 * 3600
     # Cron expression of stale_backfill_schedule (it starts stopped; turn it on in the UI).
     backfill_cron: str = "*/15 * * * *"
+    # GPUs each GPU step (generation, scoring, training, eval) requests from Kubernetes when
+    # the code location runs with dagster-k8s's k8s_job_executor (op tag dagster-k8s/config,
+    # resource limit nvidia.com/gpu). 0 = no request (CPU, or one local GPU shared via the
+    # "gpu" concurrency pool).
+    k8s_gpus: int = 0
 
     def __post_init__(self) -> None:
         check_int("retries", self.retries, minimum=0)
         check_number("retry_delay_s", self.retry_delay_s, 0.0)
         check_int("max_runtime_s", self.max_runtime_s, minimum=0)
+        check_int("k8s_gpus", self.k8s_gpus, minimum=0)
         if not isinstance(self.backfill_cron, str) or not _CRON.match(self.backfill_cron.strip()):
             raise ValueError("backfill_cron must be a 5-field cron expression such as "
                              f"'*/15 * * * *', got {self.backfill_cron!r}")
+
+    def gpu_op_tags(self) -> dict:
+        """Op tags for GPU steps: a Kubernetes GPU request when k8s_gpus > 0."""
+        if not self.k8s_gpus:
+            return {}
+        limits = {"nvidia.com/gpu": str(self.k8s_gpus)}
+        return {"dagster-k8s/config": {"container_config": {"resources": {
+            "requests": limits, "limits": limits}}}}
 
     def run_tags(self) -> dict[str, str]:
         return {"dagster/max_runtime": str(self.max_runtime_s)} if self.max_runtime_s else {}

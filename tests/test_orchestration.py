@@ -255,3 +255,14 @@ def test_a_locked_store_is_retried_and_a_data_error_is_not(tmp_path):
                                 raise_on_error=False)
     types = [e.event_type_value for e in failed.all_events]
     assert not failed.success and "STEP_UP_FOR_RETRY" not in types
+
+
+def test_gpu_deployment_example_loads_and_its_gpu_steps_request_gpus(tmp_path):
+    example = Path(__file__).parents[1] / "examples" / "gpu_deployment.yaml"
+    defs = build_definitions(example, home=str(tmp_path / "home"))
+    for name in ("teacher_outputs", "provenance_scores", "distilled_checkpoint", "eval_report"):
+        k8s = defs.get_assets_def(name).op.tags["dagster-k8s/config"]
+        k8s = json.loads(k8s) if isinstance(k8s, str) else k8s  # Dagster stores it as JSON
+        limits = k8s["container_config"]["resources"]["limits"]
+        assert limits == {"nvidia.com/gpu": "1"}, name
+    assert "dagster-k8s/config" not in defs.get_assets_def("filtered_dataset").op.tags
