@@ -218,7 +218,12 @@ class OpenAIBackend:
 
     def prepare(self) -> None:
         """Check the server answers and serves the model, before any generation is timed."""
-        listed = self._call("GET", "/models")
+        try:
+            listed = self._call("GET", "/models")
+        except EndpointError as exc:
+            if "HTTP 404" in str(exc):  # a server without /models: the first request will tell
+                return
+            raise
         names = [m.get("id") for m in listed.get("data", []) if isinstance(m, dict)]
         if names and self.endpoint.model not in names:
             raise EndpointError(f"teacher {self.teacher.name!r}: {self.base_url} does not serve "
