@@ -50,7 +50,11 @@ class FaultServer:
                     server.requests.append({"body": body, "headers": dict(self.headers)})
                     fault = server.faults.pop(0) if server.faults else None
                 if fault and fault[0] == "status":
-                    self._send(fault[1], b'{"error": {"message": "injected"}}',
+                    # Echo the Authorization header, as a careless server might: the client
+                    # must redact it from its error messages.
+                    echo = {"error": {"message": "injected",
+                                      "authorization": self.headers.get("Authorization")}}
+                    self._send(fault[1], json.dumps(echo).encode(),
                                fault[2] if len(fault) > 2 else None)
                     return
                 if fault and fault[0] == "malformed":

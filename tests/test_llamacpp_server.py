@@ -83,15 +83,16 @@ def test_server_killed_mid_run_then_restarted_resumes(tmp_path):
             server.kill()
 
     backend = OpenAIBackend(teacher)
-    with pytest.raises(EndpointError, match="cannot connect"):
-        for batch in backend.generate(build_requests(backend, teacher, QUERIES),
-                                      progress=kill_after_two):
-            store.append_chunk("generations", teacher.name, pl.DataFrame(
-                {"request_key": [r.key for r in batch], "response": [r.text for r in batch]}))
-    kept = store.read_chunks("generations", teacher.name, key="request_key")
-    assert kept is not None and 2 <= kept.height < 6
-    server.start()
     try:
+        with pytest.raises(EndpointError, match="cannot connect"):
+            for batch in backend.generate(build_requests(backend, teacher, QUERIES),
+                                          progress=kill_after_two):
+                store.append_chunk("generations", teacher.name, pl.DataFrame(
+                    {"request_key": [r.key for r in batch],
+                     "response": [r.text for r in batch]}))
+        kept = store.read_chunks("generations", teacher.name, key="request_key")
+        assert kept is not None and 2 <= kept.height < 6
+        server.start()
         summary = generate_teacher_outputs(teacher, QUERIES, store, show_progress=False)
     finally:
         server.kill()

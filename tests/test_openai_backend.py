@@ -174,3 +174,15 @@ def test_rate_limiter_holds_requests_and_tokens_per_minute():
         limiter.acquire(100)  # exactly one minute's tokens
     limiter.acquire(500)
     assert clock.now == pytest.approx(30.0, abs=1.0)  # 500 tokens = half a minute more
+
+
+def test_a_character_split_across_byte_tokens_keeps_the_logprobs():
+    from distill_dag.generation.openai_backend import _chat_logprobs
+
+    text = "x ≤ 3"
+    raw = text.encode()
+    pieces = [raw[:2], raw[2:4], raw[4:]]  # "≤" is 3 bytes, split over two tokens
+    spelled, starts, logprobs = _chat_logprobs({"content": [
+        {"token": "?", "logprob": -0.5, "bytes": list(p)} for p in pieces]})
+    # The third token begins inside "≤": it starts where that character starts.
+    assert spelled == text and starts == [0, 2, 2] and logprobs == [-0.5] * 3

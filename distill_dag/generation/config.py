@@ -100,7 +100,9 @@ class EndpointConfig:
     """An OpenAI-compatible server: vLLM serve, SGLang, llama.cpp server or a hosted API."""
 
     base_url: str  # e.g. http://127.0.0.1:8000/v1 (the part before /chat/completions)
-    model: str  # the model name the server serves (the "model" field of each request)
+    # The model name the server serves (the "model" field of each request). Stored samples are
+    # keyed by it: serve different weights under a new name, or they are reused as they are.
+    model: str
     # chat: /chat/completions, the server applies its chat template to the messages.
     # completions: /completions with the prompt rendered here (a plain prompt, or the chat
     # template of the teacher's local `model` copy).
@@ -157,7 +159,8 @@ class EndpointConfig:
     @property
     def fingerprint(self) -> str:
         """What decides the outputs (not where the server runs or how fast it is asked)."""
-        return stable_hash({"model": self.model, "api": self.api}, length=16)
+        return stable_hash({"model": self.model, "api": self.api, "logprobs": self.logprobs},
+                           length=16)
 
 
 @dataclass

@@ -118,7 +118,7 @@ class OpenAIBackend:
         self.model_fingerprint = f"openai-{self.endpoint.fingerprint}"
         self.usage = EndpointUsage()
         self.limiter = RateLimiter(self.endpoint.requests_per_minute,
-                                   self.endpoint.tokens_per_minute)
+                                   self.endpoint.tokens_per_minute, sleep=sleep)
         self._sleep = sleep
         self._local = threading.local()
         self._tokenizer = None
@@ -158,14 +158,15 @@ class OpenAIBackend:
         name = self.endpoint.api_key_env
         if not name:
             return {}, None
-        key = os.environ.get(name)
+        key = (os.environ.get(name) or "").strip()  # a secret mounted from a file ends in \n
         if not key:
             raise EndpointError(f"teacher {self.teacher.name!r}: the API key variable ${name} "
                                 "(endpoint.api_key_env) is not set")
         return {"Authorization": f"Bearer {key}"}, key
 
-    def _call(self, method: str, path: str, body: dict | None = None) -> dict:
-        """One API call with retries; returns the parsed JSON or raises EndpointError."""
+    def _call(self, method: str, path: str, body: dict | None = None, tokens: int = 0) -> dict:
+        """One API call with retries; returns the parsed JSON or raises EndpointError. Every
+        attempt counts against the rate limits (`tokens`: the request's estimated size)."""
         import requests
 
         url = f"{self.base_url}{path}"
@@ -174,6 +175,8 @@ class OpenAIBackend:
         while True:
             headers, secret = self._headers()
             problem, retry_after = None, None
+            if tokens:
+                self.limiter.acquire(tokens)
             try:
                 response = self._session().request(method, url, json=body, headers=headers,
                                                    timeout=self.endpoint.timeout_s)
@@ -181,6 +184,9 @@ class OpenAIBackend:
                 problem = f"no answer within {self.endpoint.timeout_s:g} s"
             except requests.ConnectionError as exc:
                 problem = f"cannot connect ({type(exc).__name__}); is the server running?"
+            except requests.RequestException as exc:
+                # Only the type: some messages quote the request headers (the key).
+                problem = f"request failed ({type(exc).__name__})"
             else:
                 if response.status_code == 200:
                     try:
@@ -210,7 +216,7 @@ class OpenAIBackend:
     def _backoff(self, attempt: int, retry_after: str | None) -> float:
         if retry_after:
             try:
-                return min(float(retry_after), MAX_BACKOFF_S)
+                return max(0.0, min(float(retry_after), MAX_BACKOFF_S))
             except ValueError:
                 pass
         cap = min(MAX_BACKOFF_S, self.endpoint.backoff_s * 2 ** (attempt - 1))
@@ -253,30 +259,30 @@ class OpenAIBackend:
 
     def _one(self, request: GenerationRequest) -> GenerationResult:
         body = self._body(request)
-        self.limiter.acquire(len(request.prompt_text) // 4 + body["max_tokens"])
         started = time.perf_counter()
         path = "/chat/completions" if self.endpoint.api == "chat" else "/completions"
-        data = self._call("POST", path, body)
+        data = self._call("POST", path, body,
+                          tokens=len(request.prompt_text) // 4 + body["max_tokens"])
         try:
             choice = data["choices"][0]
             if self.endpoint.api == "chat":
                 text = choice["message"]["content"] or ""
-                tokens, logprobs = _chat_logprobs(choice.get("logprobs"))
+                spelled, starts, logprobs = _chat_logprobs(choice.get("logprobs"))
             else:
                 text = choice["text"]
-                tokens, logprobs = _completion_logprobs(choice.get("logprobs"))
+                spelled, starts, logprobs = _completion_logprobs(choice.get("logprobs"))
             usage = data.get("usage") or {}
         except (KeyError, IndexError, TypeError) as exc:
             raise EndpointError(f"teacher {self.teacher.name!r}: unexpected response shape "
                                 f"({exc!r}): {json.dumps(data)[:300]}") from exc
-        starts = _token_starts(tokens, text)
-        if starts is None:  # the tokens do not spell the text: keep the text, drop log-probs
-            logprobs, starts = [], []
+        n_tokens = len(starts)
+        if starts and not (spelled.startswith(text) or text.startswith(spelled)):
+            logprobs, starts = [], []  # the tokens do not spell the text: keep text, drop them
         else:  # tokens past the text (a stop string the server cut) belong to no sentence
             keep = [i for i, st in enumerate(starts) if st < len(text)]
             logprobs, starts = [logprobs[i] for i in keep], [starts[i] for i in keep]
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        completion_tokens = int(usage.get("completion_tokens") or len(tokens))
+        completion_tokens = int(usage.get("completion_tokens") or n_tokens)
         self.usage.add(prompt_tokens, completion_tokens, self.endpoint.price_per_million_input,
                        self.endpoint.price_per_million_output)
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
@@ -286,7 +292,7 @@ class OpenAIBackend:
         text = text.strip()
         starts = [max(0, st - len(lead)) for st in starts]
         # Trailing whitespace tokens are past the stripped text: they belong to no sentence.
-        keep = [i for i, st in enumerate(starts) if st < len(text) or not text]
+        keep = [i for i, st in enumerate(starts) if st < len(text)]
         logprobs, starts = [logprobs[i] for i in keep], [starts[i] for i in keep]
         return GenerationResult(
             key=request.key, query_id=request.query_id, sample_index=request.sample_index,
@@ -328,28 +334,30 @@ class OpenAIBackend:
             raise failure
 
 
-def _chat_logprobs(logprobs: dict | None) -> tuple[list[str], list[float]]:
+def _chat_logprobs(logprobs: dict | None) -> tuple[str, list[int], list[float]]:
+    """(the text the tokens spell, each token's char offset, log-probs). Byte-level tokens are
+    joined before decoding: a character split over two tokens starts at the first one."""
     content = (logprobs or {}).get("content") or []
-    tokens = [c["token"] if c.get("bytes") is None else
-              bytes(c["bytes"]).decode("utf-8", errors="replace") for c in content]
-    return tokens, [float(c["logprob"]) for c in content]
+    if content and all(c.get("bytes") is not None for c in content):
+        joined, starts = b"", []
+        for c in content:
+            starts.append(len(joined.decode("utf-8", errors="ignore")))
+            joined += bytes(c["bytes"])
+        spelled = joined.decode("utf-8", errors="replace")
+    else:
+        spelled, starts = "", []
+        for c in content:
+            starts.append(len(spelled))
+            spelled += c["token"]
+    return spelled, starts, [float(c["logprob"]) for c in content]
 
 
-def _completion_logprobs(logprobs: dict | None) -> tuple[list[str], list[float]]:
+def _completion_logprobs(logprobs: dict | None) -> tuple[str, list[int], list[float]]:
     tokens = list((logprobs or {}).get("tokens") or [])
     values = [float(v) if v is not None else 0.0
               for v in (logprobs or {}).get("token_logprobs") or []]
-    return tokens, values
-
-
-def _token_starts(tokens: list[str], text: str) -> list[int] | None:
-    """Char offset of each token in `text`, or None when the tokens do not spell `text` (a
-    server that returns log-probs of other tokens, or a stop string cut from the text)."""
     starts, position = [], 0
     for token in tokens:
         starts.append(position)
         position += len(token)
-    spelled = "".join(tokens)
-    if tokens and not (spelled.startswith(text) or text.startswith(spelled)):
-        return None
-    return starts
+    return "".join(tokens), starts, values
