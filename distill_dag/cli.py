@@ -32,7 +32,7 @@ def _materialize(args: argparse.Namespace) -> int:
                                      [t.name for t in project.teachers]):
         print(f"note: {note}")
     if args.stale or args.dry_run:
-        return _materialize_stale(args, defs, instance)
+        return _materialize_stale(args, defs, instance, project)
     materialize_all(defs, instance, teachers=args.teacher or None)
     elapsed = time.perf_counter() - started
 
@@ -72,7 +72,7 @@ def _materialize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _materialize_stale(args: argparse.Namespace, defs, instance) -> int:
+def _materialize_stale(args: argparse.Namespace, defs, instance, project) -> int:
     from orchestration.stale import (
         downstream_closure,
         materialize_stale,
@@ -80,7 +80,6 @@ def _materialize_stale(args: argparse.Namespace, defs, instance) -> int:
         stale_items,
     )
 
-    project = defs.resources["project"].load()
     for name in args.teacher or []:
         try:
             project.teacher(name)

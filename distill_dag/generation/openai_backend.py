@@ -278,9 +278,6 @@ class OpenAIBackend:
         n_tokens = len(starts)
         if starts and not (spelled.startswith(text) or text.startswith(spelled)):
             logprobs, starts = [], []  # the tokens do not spell the text: keep text, drop them
-        else:  # tokens past the text (a stop string the server cut) belong to no sentence
-            keep = [i for i, st in enumerate(starts) if st < len(text)]
-            logprobs, starts = [logprobs[i] for i in keep], [starts[i] for i in keep]
         prompt_tokens = int(usage.get("prompt_tokens") or 0)
         completion_tokens = int(usage.get("completion_tokens") or n_tokens)
         self.usage.add(prompt_tokens, completion_tokens, self.endpoint.price_per_million_input,
@@ -291,7 +288,8 @@ class OpenAIBackend:
         lead = text[: len(text) - len(text.lstrip())]
         text = text.strip()
         starts = [max(0, st - len(lead)) for st in starts]
-        # Trailing whitespace tokens are past the stripped text: they belong to no sentence.
+        # Tokens past the stripped text (trailing whitespace, a stop string the server cut)
+        # belong to no sentence.
         keep = [i for i, st in enumerate(starts) if st < len(text)]
         logprobs, starts = [logprobs[i] for i in keep], [starts[i] for i in keep]
         return GenerationResult(
