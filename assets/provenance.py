@@ -13,6 +13,8 @@ from assets._common import (
     work_counters,
 )
 from distill_dag.config import ProjectConfig
+from distill_dag.generation.backend import make_backend
+from distill_dag.generation.vllm_backend import VLLMUnavailable
 from distill_dag.models import ModelResolutionError, load_model
 from distill_dag.provenance.run import score_provenance
 from resources import ProjectResource, RuntimeResource, StoreResource
@@ -51,17 +53,25 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
                         or outputs.filter(pl.col("token_logprobs").list.len() == 0).height > 0)
         try:
             student = load_model(cfg.student.model, runtime.device, runtime.dtype)
-            teacher_model = (load_model(teacher.model, runtime.device, runtime.dtype)
-                             if need_teacher else None)
-        except ModelResolutionError as exc:
+            # The teacher backend's own scorer: its engine (transformers, vLLM) or, for an
+            # HTTP teacher, a local copy of the model.
+            teacher_scorer = (make_backend(teacher, runtime.device, runtime.dtype).scorer()
+                              if need_teacher else None)
+        except (ModelResolutionError, VLLMUnavailable) as exc:
             raise fail(f"provenance_scores[{teacher.name}] (student.model or "
                        f"teachers[].model): {exc}") from exc
-        summary = score_provenance(outputs, queries, teacher, cfg.student, cfg.provenance, db,
-                                   teacher_model, student, show_progress=runtime.show_progress)
+        try:
+            summary = score_provenance(outputs, queries, teacher, cfg.student, cfg.provenance,
+                                       db, teacher_scorer, student,
+                                       show_progress=runtime.show_progress)
+        finally:
+            if hasattr(teacher_scorer, "close"):
+                teacher_scorer.close()  # a vLLM engine holds the GPU the next steps need
         rescored = int((summary.samples["teacher_logprob_source"] == "rescore").sum())
         if rescored and cfg.provenance.teacher_logprobs != "rescore":
             context.log.warning(f"{teacher.name}: {rescored} samples came without log-probs "
-                                f"(backend {teacher.backend}); the teacher was scored locally "
+                                f"(backend {teacher.backend}); the teacher was scored "
+                                f"{'locally ' if teacher.backend == 'openai' else ''}"
                                 f"with {teacher.model}")
         db.replace_rows("provenance_sentences", summary.sentences, "teacher", teacher.name)
         db.replace_rows("provenance_samples", summary.samples, "teacher", teacher.name)

@@ -90,6 +90,10 @@ class ProjectConfig:
             plain["endpoint"] = {"model": plain["endpoint"]["model"],
                                  "api": plain["endpoint"]["api"],
                                  "logprobs": plain["endpoint"]["logprobs"]}
+        if plain.get("vllm"):  # GPUs, memory and speed settings; the dtype changes numerics
+            plain["vllm"] = {"dtype": plain["vllm"]["dtype"]}
+        else:  # absent for other backends: existing teachers keep their versions
+            plain.pop("vllm", None)
         return stable_hash(plain, length=12)
 
     def corpus_sources_version(self) -> str:

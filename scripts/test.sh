@@ -10,4 +10,8 @@ if ! .venv/bin/python -c "import llama_cpp.server" 2>/dev/null; then
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q "$@"
+# The vLLM backend's tests need vLLM's own environment (.venv-vllm); a full run includes them.
+if [ $# -eq 0 ] && [ "${DISTILL_DAG_SKIP_VLLM:-0}" != 1 ]; then
+  bash scripts/test_vllm.sh
+fi

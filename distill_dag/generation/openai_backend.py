@@ -109,10 +109,11 @@ class OpenAIBackend:
 
     name = "openai"
 
-    def __init__(self, teacher: TeacherConfig, sleep: Callable[[float], None] = time.sleep
-                 ) -> None:
+    def __init__(self, teacher: TeacherConfig, sleep: Callable[[float], None] = time.sleep,
+                 device: str = "auto", dtype: str = "auto") -> None:
         assert teacher.endpoint is not None  # TeacherConfig validation guarantees it
         self.teacher = teacher
+        self.device, self.dtype = device, dtype  # of the local copy, should it score
         self.endpoint = teacher.endpoint
         self.base_url = self.endpoint.base_url.rstrip("/")
         self.model_fingerprint = f"openai-{self.endpoint.fingerprint}"
@@ -145,6 +146,15 @@ class OpenAIBackend:
             self._tokenizer = AutoTokenizer.from_pretrained(
                 resolve_model(self.teacher.model).hf_dir)
         return self._tokenizer
+
+    def scorer(self):
+        """The local copy of the model (`teachers[].model`): OpenAI-compatible servers have no
+        reliable way to score given text (llama.cpp's echoed prompt log-probs are wrong,
+        DESIGN.md section 5), so provenance scores such a teacher locally."""
+        from distill_dag.models import load_model
+        from distill_dag.provenance.scoring import LocalScorer
+
+        return LocalScorer(load_model(self.teacher.model, self.device, self.dtype))
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _session(self):

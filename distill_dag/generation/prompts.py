@@ -71,3 +71,17 @@ def render_prompt(cfg: PromptConfig, query: str, tokenizer: Any) -> str:
 def plain_stop_strings(cfg: PromptConfig) -> list[str]:
     """A base model continues with the next made-up question: stop before it."""
     return ["\n\n", "\n" + cfg.question_prefix.strip()]
+
+
+def teacher_style_and_stops(teacher: Any, tokenizer: Any) -> tuple[str, list[str]]:
+    """A locally tokenized teacher's prompt style, and the strings its completions stop at
+    (configured ones, plus the next-question markers of a plain prompt)."""
+    try:
+        style = resolve_style(teacher.prompt, getattr(tokenizer, "chat_template", None)
+                              is not None)
+    except ConfigError as exc:
+        raise ConfigError(f"teacher {teacher.name!r} (model {teacher.model}): {exc}") from exc
+    stop = list(teacher.sampling.stop)
+    if style == "plain":
+        stop += [s for s in plain_stop_strings(teacher.prompt) if s not in stop]
+    return style, stop

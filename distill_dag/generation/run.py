@@ -81,29 +81,35 @@ def generate_teacher_outputs(
 
     from distill_dag.generation.backend import make_backend
 
+    own_backend = backend is None
     backend = backend or make_backend(teacher, device=device, dtype=dtype)
-    requests = build_requests(backend, teacher, queries)
-    stored = store.read_chunks(GENERATIONS, teacher.name, key="request_key")
-    done = set(stored["request_key"]) if stored is not None else set()
-    # One request per key, even if two queries rendered to the same prompt text.
-    missing = list({r.key: r for r in requests if r.key not in done}.values())
+    try:
+        requests = build_requests(backend, teacher, queries)
+        stored = store.read_chunks(GENERATIONS, teacher.name, key="request_key")
+        done = set(stored["request_key"]) if stored is not None else set()
+        # One request per key, even if two queries rendered to the same prompt text.
+        missing = list({r.key: r for r in requests if r.key not in done}.values())
 
-    generated = tokens = 0
-    new_frames: list[pl.DataFrame] = []
-    if missing and hasattr(backend, "prepare"):
-        backend.prepare()
-    started = time.perf_counter()
-    if missing:
-        with tqdm(total=len(missing), desc=f"teacher {teacher.name}: generate", unit="sample",
-                  disable=not show_progress) as bar:
-            for batch in backend.generate(missing, progress=bar.update):
-                frame = _results_frame(teacher.name, backend.model_fingerprint, batch)
-                store.append_chunk(GENERATIONS, teacher.name, frame)
-                new_frames.append(frame)
-                generated += len(batch)
-                tokens += sum(r.completion_tokens for r in batch)
-                bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.0f}")
-    seconds = time.perf_counter() - started
+        generated = tokens = 0
+        new_frames: list[pl.DataFrame] = []
+        if missing and hasattr(backend, "prepare"):
+            backend.prepare()
+        started = time.perf_counter()
+        if missing:
+            with tqdm(total=len(missing), desc=f"teacher {teacher.name}: generate",
+                      unit="sample", disable=not show_progress) as bar:
+                for batch in backend.generate(missing, progress=bar.update):
+                    frame = _results_frame(teacher.name, backend.model_fingerprint, batch)
+                    store.append_chunk(GENERATIONS, teacher.name, frame)
+                    new_frames.append(frame)
+                    generated += len(batch)
+                    tokens += sum(r.completion_tokens for r in batch)
+                    bar.set_postfix(
+                        tok_s=f"{tokens / max(time.perf_counter() - started, 1e-9):.0f}")
+        seconds = time.perf_counter() - started
+    finally:
+        if own_backend and hasattr(backend, "close"):
+            backend.close()  # a vLLM engine holds the GPU the next steps need
 
     frames = ([stored] if stored is not None else []) + new_frames
     if not frames:

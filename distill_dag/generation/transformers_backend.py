@@ -22,15 +22,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from distill_dag.configbase import ConfigError
 from distill_dag.generation.backend import (
     GenerationRequest,
     GenerationResult,
+    eos_token_ids,
     token_char_starts,
 )
 from distill_dag.generation.config import TeacherConfig
-from distill_dag.generation.prompts import plain_stop_strings, render_prompt, resolve_style
+from distill_dag.generation.prompts import render_prompt, teacher_style_and_stops
 from distill_dag.models import load_model
+from distill_dag.provenance.scoring import LocalScorer
 
 MIN_PREFIX_TOKENS = 16  # below this, copying the cache costs about what it saves
 
@@ -72,14 +73,7 @@ class TransformersBackend:
         self.reuse_prefix = reuse_prefix  # False only to measure what prefix reuse buys
         self.loaded = load_model(teacher.model, device, dtype)
         self.model_fingerprint = self.loaded.fingerprint
-        tokenizer = self.loaded.tokenizer
-        try:
-            self.style = resolve_style(teacher.prompt, tokenizer.chat_template is not None)
-        except ConfigError as exc:
-            raise ConfigError(f"teacher {teacher.name!r} (model {teacher.model}): {exc}") from exc
-        self.stop = list(teacher.sampling.stop)
-        if self.style == "plain":
-            self.stop += [s for s in plain_stop_strings(teacher.prompt) if s not in self.stop]
+        self.style, self.stop = teacher_style_and_stops(teacher, self.loaded.tokenizer)
 
     def prepare(self) -> None:
         _ = self.loaded.model  # weights load lazily; load them before the clock starts
@@ -88,9 +82,12 @@ class TransformersBackend:
         return render_prompt(self.teacher.prompt, query, self.loaded.tokenizer)
 
     def _eos_ids(self) -> set[int]:
-        eos = self.loaded.model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos, self.loaded.tokenizer.eos_token_id]
-        return {int(e) for e in eos if e is not None}
+        return eos_token_ids(self.loaded.model.generation_config.eos_token_id,
+                             self.loaded.tokenizer)
+
+    def scorer(self) -> LocalScorer:
+        """Scores text with this teacher's model, in process."""
+        return LocalScorer(self.loaded)
 
     def _generation_config(self):
         """Exactly the configured sampling. A model folder's generation_config.json may carry

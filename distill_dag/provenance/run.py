@@ -22,7 +22,7 @@ from distill_dag.generation.config import StudentConfig, TeacherConfig
 from distill_dag.generation.prompts import render_prompt, resolve_style
 from distill_dag.models import LoadedModel
 from distill_dag.provenance.categories import ProvenanceConfig, categorize_teacher_student
-from distill_dag.provenance.scoring import TokenScores, score_responses
+from distill_dag.provenance.scoring import TextScorer, TokenScores, as_scorer
 from distill_dag.provenance.sentences import (
     assign_tokens_to_sentences,
     sentence_logprob_means,
@@ -45,7 +45,7 @@ class ProvenanceSummary:
 
 def score_cached(
     store: Store,
-    loaded: LoadedModel,
+    scorer: TextScorer | LoadedModel,
     prompts: list[str],
     responses: list[str],
     cfg: ProvenanceConfig,
@@ -59,10 +59,12 @@ def score_cached(
     in forward passes."""
     from tqdm.auto import tqdm
 
-    keys = [stable_hash({"model": loaded.fingerprint, "prompt": p, "response": r,
-                         "max_length": cfg.max_length, "dtype": str(loaded.dtype)}, 32)
+    scorer = as_scorer(scorer)
+    identity = scorer.cache_identity
+    keys = [stable_hash({**identity, "prompt": p, "response": r, "max_length": cfg.max_length},
+                        32)
             for p, r in zip(prompts, responses, strict=True)]
-    stored = store.read_chunks(SCORES, loaded.fingerprint, key="score_key")
+    stored = store.read_chunks(SCORES, identity["model"], key="score_key")
     known = {} if stored is None else {
         row["score_key"]: TokenScores(row["logprobs"], row["starts"], row["ends"], row["truncated"])
         for row in stored.iter_rows(named=True)
@@ -71,20 +73,20 @@ def score_cached(
     todo_unique = list({keys[i]: i for i in todo}.values())
     tokens, seconds = 0, 0.0
     if todo_unique:
-        _ = loaded.model  # load weights (lazily) before the clock starts
+        scorer.prepare()  # load weights before the clock starts
         chunk = cfg.batch_size * 8  # store every 8 batches: a crash loses little
         with tqdm(total=len(todo_unique), desc=f"score {label}", unit="seq",
                   disable=not show_progress) as bar:
             for begin in range(0, len(todo_unique), chunk):
                 part = todo_unique[begin : begin + chunk]
                 started = time.perf_counter()
-                scores = score_responses(
-                    loaded, [prompts[i] for i in part], [responses[i] for i in part],
+                scores = scorer.score(
+                    [prompts[i] for i in part], [responses[i] for i in part],
                     prompt_special_tokens=prompt_special_tokens, batch_size=cfg.batch_size,
                     max_length=cfg.max_length, progress=bar.update,
                 )
                 seconds += time.perf_counter() - started
-                store.append_chunk(SCORES, loaded.fingerprint, pl.DataFrame({
+                store.append_chunk(SCORES, identity["model"], pl.DataFrame({
                     "score_key": [keys[i] for i in part],
                     "logprobs": [s.logprobs for s in scores],
                     "starts": [s.starts for s in scores],
@@ -115,11 +117,14 @@ def score_provenance(
     student: StudentConfig,
     cfg: ProvenanceConfig,
     store: Store,
-    teacher_model: LoadedModel | None,
-    student_model: LoadedModel,
+    teacher_model: TextScorer | LoadedModel | None,
+    student_model: TextScorer | LoadedModel,
     show_progress: bool = True,
 ) -> ProvenanceSummary:
-    """Sentence-level provenance for one teacher's samples (the `outputs` table rows)."""
+    """Sentence-level provenance for one teacher's samples (the `outputs` table rows).
+
+    `teacher_model` scores the samples that came without generation-time log-probs (the
+    teacher backend's scorer(), or a local copy of the teacher); None when all have them."""
     started = time.perf_counter()
     prompts = dict(zip(queries["query_id"], queries["prompt"], strict=True))
     if "response_lead" not in outputs.columns:
@@ -128,29 +133,23 @@ def score_provenance(
                           "token_logprobs", "token_starts").to_dicts()
     responses = [r["response"] for r in rows]
 
-    # Student: zero-shot, in the exact prompt it will be trained with.
-    s_tok = student_model.tokenizer
-    try:
-        s_plain = resolve_style(student.prompt, s_tok.chat_template is not None) == "plain"
-    except ConfigError as exc:
-        raise ConfigError(f"student (model {student.model}): {exc}") from exc
-    s_prompts = [render_prompt(student.prompt, prompts[r["query_id"]], s_tok) for r in rows]
-    s_scores, scored, tokens, busy = score_cached(store, student_model, s_prompts, responses,
-                                                  cfg, s_plain, "student", show_progress)
-
-    # Teacher: generation-time log-probs when present, else a forward pass in its own context.
+    # Teacher first (its engine may be a vLLM one that wants the GPU before the student's
+    # weights load): generation-time log-probs when present, else a pass in its own context.
     use_generation = cfg.teacher_logprobs == "generation"
     t_scores: list[TokenScores | None] = [
         TokenScores(r["token_logprobs"], r["token_starts"], [])
         if use_generation and r["token_logprobs"] else None for r in rows
     ]
     need = [i for i, s in enumerate(t_scores) if s is None]
+    scored = tokens = 0
+    busy = 0.0
     if need:
         if teacher_model is None:
             raise ValueError(
                 f"teacher {teacher.name!r}: {len(need)} samples have no generation-time "
                 "log-probs and no local teacher model is available to score them"
             )
+        teacher_model = as_scorer(teacher_model)
         t_tok = teacher_model.tokenizer
         t_plain = resolve_style(teacher.prompt, t_tok.chat_template is not None) == "plain"
         # The teacher generated the stripped lead (" " after "Answer:") before the response:
@@ -162,7 +161,19 @@ def score_provenance(
                                          f"teacher {teacher.name}", show_progress)
         for i, s in zip(need, rescored, strict=True):
             t_scores[i] = s
-        scored, tokens, busy = scored + n, tokens + t, busy + b
+        scored, tokens, busy = n, t, b
+
+    # Student: zero-shot, in the exact prompt it will be trained with.
+    student_model = as_scorer(student_model)
+    s_tok = student_model.tokenizer
+    try:
+        s_plain = resolve_style(student.prompt, s_tok.chat_template is not None) == "plain"
+    except ConfigError as exc:
+        raise ConfigError(f"student (model {student.model}): {exc}") from exc
+    s_prompts = [render_prompt(student.prompt, prompts[r["query_id"]], s_tok) for r in rows]
+    s_scores, n, t, b = score_cached(store, student_model, s_prompts, responses, cfg, s_plain,
+                                     "student", show_progress)
+    scored, tokens, busy = scored + n, tokens + t, busy + b
 
     sentence_rows: dict[str, list] = {k: [] for k in (
         "request_key", "query_id", "sample_index", "sentence_index", "start", "end", "text",

