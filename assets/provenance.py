@@ -32,7 +32,7 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
         code_version=f"{STAGE_VERSION}+{project.section_hash('student', 'provenance')}",
         kinds={"pytorch", "duckdb"},
         pool="gpu",
-        op_tags=project.orchestration.gpu_op_tags(),
+        op_tags=project.orchestration.gpu_op_tags(project.teacher_gpus()),
         check_specs=[
             dg.AssetCheckSpec("all_sentences_scored", asset="provenance_scores",
                               description="Every sentence has a teacher and a student score."),

@@ -36,7 +36,7 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
         code_version=f"{STAGE_VERSION}+verifier{verify.VERIFIER_VERSION}",
         kinds={"pytorch", "duckdb"},
         pool="gpu",
-        op_tags=project.orchestration.gpu_op_tags(),
+        op_tags=project.orchestration.gpu_op_tags(project.teacher_gpus()),
         check_specs=[
             dg.AssetCheckSpec("all_samples_present", asset="teacher_outputs",
                               description="Every training query has k samples."),

@@ -42,7 +42,7 @@ def build(project: ProjectConfig) -> list:
         code_version=f"{STAGE_VERSION}+{project.section_hash('training', 'student')}",
         kinds={"pytorch", "mlflow"},
         pool="gpu",
-        op_tags=project.orchestration.gpu_op_tags(),
+        op_tags=project.orchestration.gpu_op_tags(project.training.num_processes),
         check_specs=[
             dg.AssetCheckSpec("hf_folder", asset="distilled_checkpoint", blocking=True,
                               description="The checkpoint folder has weights (safetensors), "
@@ -110,9 +110,14 @@ def build(project: ProjectConfig) -> list:
         last_log = [0.0]
 
         def on_log(entry: dict) -> None:
-            if "loss" in entry and time.time() - last_log[0] > 10:
+            if time.time() - last_log[0] <= 10:
+                return
+            if "loss" in entry:
                 last_log[0] = time.time()
                 context.log.info(f"step {entry['step']}: loss {entry['loss']:.4f}")
+            elif "'loss'" in entry.get("output", ""):  # a data-parallel worker's log line
+                last_log[0] = time.time()
+                context.log.info(entry["output"].strip())
 
         try:
             result = train_student(

@@ -96,6 +96,10 @@ class ProjectConfig:
             plain.pop("vllm", None)
         return stable_hash(plain, length=12)
 
+    def teacher_gpus(self) -> int:
+        """GPUs the largest teacher needs in one step: its vLLM tensor_parallel_size (else 1)."""
+        return max([t.vllm.tensor_parallel_size for t in self.teachers if t.vllm] or [1])
+
     def corpus_sources_version(self) -> str:
         """A hash of the corpus files' contents (inbox included): the observed data version of
         the corpus sources, so a new, edited or vanished file makes query_corpus stale."""

@@ -35,7 +35,8 @@ class OrchestrationConfig:
     # GPUs each GPU step (generation, scoring, training, eval) requests from Kubernetes when
     # the code location runs with dagster-k8s's k8s_job_executor (op tag dagster-k8s/config,
     # resource limit nvidia.com/gpu). 0 = no request (CPU, or one local GPU shared via the
-    # "gpu" concurrency pool).
+    # "gpu" concurrency pool). teacher_outputs asks for at least the largest vllm
+    # tensor_parallel_size, distilled_checkpoint for at least training.num_processes.
     k8s_gpus: int = 0
 
     def __post_init__(self) -> None:
@@ -47,11 +48,12 @@ class OrchestrationConfig:
             raise ValueError("backfill_cron must be a 5-field cron expression such as "
                              f"'*/15 * * * *', got {self.backfill_cron!r}")
 
-    def gpu_op_tags(self) -> dict:
-        """Op tags for GPU steps: a Kubernetes GPU request when k8s_gpus > 0."""
+    def gpu_op_tags(self, at_least: int = 1) -> dict:
+        """Op tags for GPU steps: a Kubernetes GPU request when k8s_gpus > 0, raised to
+        `at_least` for a step that needs more (vLLM tensor parallelism, data-parallel training)."""
         if not self.k8s_gpus:
             return {}
-        limits = {"nvidia.com/gpu": str(self.k8s_gpus)}
+        limits = {"nvidia.com/gpu": str(max(self.k8s_gpus, at_least))}
         return {"dagster-k8s/config": {"container_config": {"resources": {
             "requests": limits, "limits": limits}}}}
 

@@ -260,9 +260,12 @@ def test_a_locked_store_is_retried_and_a_data_error_is_not(tmp_path):
 def test_gpu_deployment_example_loads_and_its_gpu_steps_request_gpus(tmp_path):
     example = Path(__file__).parents[1] / "examples" / "gpu_deployment.yaml"
     defs = build_definitions(example, home=str(tmp_path / "home"))
-    for name in ("teacher_outputs", "provenance_scores", "distilled_checkpoint", "eval_report"):
+    # The vLLM teacher is sharded over 2 GPUs and training runs 2 data-parallel processes.
+    wanted = {"teacher_outputs": "2", "provenance_scores": "2", "distilled_checkpoint": "2",
+              "eval_report": "1"}
+    for name, gpus in wanted.items():
         k8s = defs.get_assets_def(name).op.tags["dagster-k8s/config"]
         k8s = json.loads(k8s) if isinstance(k8s, str) else k8s  # Dagster stores it as JSON
         limits = k8s["container_config"]["resources"]["limits"]
-        assert limits == {"nvidia.com/gpu": "1"}, name
+        assert limits == {"nvidia.com/gpu": gpus}, name
     assert "dagster-k8s/config" not in defs.get_assets_def("filtered_dataset").op.tags

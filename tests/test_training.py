@@ -204,3 +204,35 @@ def test_config_validation_names_the_field():
 
     assert set(LR_SCHEDULERS) <= {s.value for s in SchedulerType}
     assert TrainingConfig(epochs=1).fingerprint() != TrainingConfig(epochs=2).fingerprint()
+
+
+def test_two_data_parallel_processes_share_each_epoch(tmp_path, smollm_fp32):
+    """num_processes=2 runs two real torchrun workers (gloo on CPU): each batch is split across
+    them, so an epoch takes half the optimizer steps and every supervised token is still trained
+    on exactly once (not once per process); rank 0 writes a loadable folder."""
+    from transformers import AutoModelForCausalLM
+
+    lines: list[str] = []
+    cfg = TrainingConfig(epochs=1, batch_size=2, max_length=128, save_steps=100, dtype="fp32",
+                         num_processes=2)
+    result = train_student(_records(8), SMOLLM, cfg, tmp_path, device="cpu", show_progress=False,
+                           on_log=lambda entry: lines.append(entry.get("output", "")))
+    expected = tokenize_records(smollm_fp32.tokenizer, _records(8), 128).supervised_tokens
+    assert result.trained_now and result.global_step == 2  # 8 examples / (2 x 2 per step)
+    assert result.supervised_tokens_trained == expected
+    assert any("'loss'" in line for line in lines)  # the workers' log reached the caller
+    assert read_finished(result.path)["checkpoint_hash"] == result.checkpoint_hash
+    AutoModelForCausalLM.from_pretrained(result.path)
+    assert cfg.fingerprint() != TrainingConfig(epochs=1, batch_size=2, max_length=128,
+                                               save_steps=100, dtype="fp32").fingerprint()
+    again = train_student(_records(8), SMOLLM, cfg, tmp_path, device="cpu", show_progress=False)
+    assert not again.trained_now and again.checkpoint_hash == result.checkpoint_hash
+
+
+def test_failing_data_parallel_workers_raise_with_their_output(tmp_path):
+    from distill_dag.training.launch import TrainingLaunchError
+
+    cfg = _cfg(num_processes=2)
+    with pytest.raises(TrainingLaunchError, match=r"(?s)2 processes failed.*does not resolve"):
+        train_student(_records(), str(tmp_path / "no-such-model"), cfg, tmp_path / "run",
+                      device="cpu", show_progress=False)

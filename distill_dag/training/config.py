@@ -88,6 +88,11 @@ class TrainingConfig:
     """Log loss and learning rate every this many optimizer steps (>= 1)."""
     max_grad_norm: float = 1.0
     """Gradient clipping norm (> 0)."""
+    num_processes: int = 1
+    """Data-parallel training processes (DistributedDataParallel). 1 trains inside the Dagster
+    step's process. N > 1 launches ``torchrun --nproc_per_node N`` from the step: one process per
+    GPU on a multi-GPU machine (NCCL), or N CPU workers (gloo). Each process takes batch_size
+    examples per step, so the effective batch is batch_size x gradient_accumulation_steps x N."""
 
     METHODS: ClassVar[tuple[str, ...]] = ("lora", "full")
     DTYPES: ClassVar[tuple[str, ...]] = ("auto", "bf16", "fp32")
@@ -106,7 +111,8 @@ class TrainingConfig:
         _number("warmup_ratio", self.warmup_ratio, 0.0, 0.999)
         _number("weight_decay", self.weight_decay, 0.0)
         _number("max_grad_norm", self.max_grad_norm, 1e-12)
-        for name in ("batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps"):
+        for name in ("batch_size", "gradient_accumulation_steps", "save_steps", "logging_steps",
+                     "num_processes"):
             _positive_int(name, getattr(self, name))
         _positive_int("max_length", self.max_length, 8)
         _positive_int("seed", self.seed, 0)
@@ -123,6 +129,8 @@ class TrainingConfig:
         values = asdict(self)
         values.pop("save_steps")
         values.pop("logging_steps")
+        if values["num_processes"] == 1:  # runs from before the knob keep their keys
+            values.pop("num_processes")
         return stable_hash(values)
 
     @classmethod

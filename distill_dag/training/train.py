@@ -105,6 +105,9 @@ def sft_config(cfg: TrainingConfig, output_dir: Path, device: str, show_progress
         report_to="none",
         disable_tqdm=not show_progress,
         dataloader_num_workers=0,
+        # With num_processes > 1 (DDP): LoRA and full fine-tuning use every trainable parameter,
+        # and the search for unused ones costs an extra autograd traversal per step.
+        ddp_find_unused_parameters=False,
         remove_unused_columns=True,
     )
     kwargs.update(overrides)
@@ -159,6 +162,15 @@ def _count_supervised(collator, counter: dict[str, int]):
     return wrapped
 
 
+def _sum_over_ranks(value: int, device) -> int:
+    import torch
+    import torch.distributed as dist
+
+    total = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(total)
+    return int(total.item())
+
+
 def read_finished(path: Path) -> dict[str, Any] | None:
     """The marker of a finished checkpoint folder, or None if the folder is not complete."""
     marker = path / MARKER
@@ -202,7 +214,23 @@ def train_student(
     `run_dir` should be unique to (student, data, training config): a finished folder there is
     returned as is, and a crashed run there is resumed from its last saved step. `info` is
     recorded in the folder's marker file (e.g. the dataset's data version). `keep_model` returns
-    the trained (merged) model in memory too, as ``result.model``."""
+    the trained (merged) model in memory too, as ``result.model``.
+
+    With cfg.num_processes > 1 this launches the data-parallel processes (training/launch.py);
+    `on_log` then receives each line of their output as {"output": line}, and `callbacks` and
+    `keep_model` are not available (they cannot cross processes)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.num_processes > 1 and world == 1:
+        if keep_model or callbacks:
+            raise ValueError("keep_model and callbacks need num_processes == 1")
+        from distill_dag.training.launch import train_distributed
+
+        return train_distributed(
+            messages, student_model, cfg, run_dir, info=info, device=device,
+            show_progress=show_progress,
+            on_output=(lambda line: on_log({"output": line})) if on_log else None)  # type: ignore[arg-type]
+    rank = int(os.environ.get("RANK", "0"))
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
@@ -249,6 +277,10 @@ def train_student(
     trainer.train(resume_from_checkpoint=last)
     seconds = time.perf_counter() - started
     state = trainer.state
+    if world > 1:
+        counter["supervised"] = _sum_over_ranks(counter["supervised"], trainer.args.device)
+        if rank != 0:  # rank 0 writes the finished folder and reports
+            return TrainingResult(final, "", True, global_step=state.global_step)
     history = [{k: float(v) for k, v in entry.items() if isinstance(v, int | float)}
                for entry in state.log_history]
     steps_run = state.global_step - resumed_from
