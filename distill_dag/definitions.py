@@ -30,6 +30,7 @@ def build_definitions(config: str | Path | None = None, home: str | None = None,
         assets=build_assets(project),
         sensors=sensors,
         schedules=schedules,
+        executor=project.orchestration.executor_def(),
         resources={
             "project": ProjectResource(config_path=str(path.resolve()),
                                        loaded_fingerprint=project.fingerprint()),

@@ -8,6 +8,7 @@ from typing import Any
 
 from distill_dag.configbase import build_config, check_int, check_number
 
+EXECUTORS = ("multiprocess", "in_process", "k8s")
 _CRON = re.compile(r"^([0-9A-Za-z*/,?-]+\s+){4}[0-9A-Za-z*/,?-]+$")
 
 
@@ -38,12 +39,20 @@ class OrchestrationConfig:
     # "gpu" concurrency pool). teacher_outputs asks for at least the largest vllm
     # tensor_parallel_size, distilled_checkpoint for at least training.num_processes.
     k8s_gpus: int = 0
+    # How a run's steps execute: "multiprocess" (Dagster's default: one process per step on
+    # this machine), "in_process" (one process for the whole run), or "k8s" (dagster-k8s's
+    # k8s_job_executor: one Kubernetes pod per step, GPU requests from k8s_gpus; needs the
+    # `k8s` extra, pip install 'distill-dag[k8s]'). `distill-dag materialize` always runs in
+    # process.
+    executor: str = "multiprocess"
 
     def __post_init__(self) -> None:
         check_int("retries", self.retries, minimum=0)
         check_number("retry_delay_s", self.retry_delay_s, 0.0)
         check_int("max_runtime_s", self.max_runtime_s, minimum=0)
         check_int("k8s_gpus", self.k8s_gpus, minimum=0)
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {list(EXECUTORS)}, got {self.executor!r}")
         if not isinstance(self.backfill_cron, str) or not _CRON.match(self.backfill_cron.strip()):
             raise ValueError("backfill_cron must be a 5-field cron expression such as "
                              f"'*/15 * * * *', got {self.backfill_cron!r}")
@@ -56,6 +65,22 @@ class OrchestrationConfig:
         limits = {"nvidia.com/gpu": str(max(self.k8s_gpus, at_least))}
         return {"dagster-k8s/config": {"container_config": {"resources": {
             "requests": limits, "limits": limits}}}}
+
+    def executor_def(self) -> Any:
+        """The Dagster executor for the code location (None: Dagster's multiprocess default)."""
+        if self.executor == "in_process":
+            import dagster as dg
+
+            return dg.in_process_executor
+        if self.executor == "k8s":
+            try:
+                from dagster_k8s import k8s_job_executor
+            except ImportError as exc:
+                raise ImportError(
+                    "orchestration.executor: k8s needs dagster-k8s, which is not installed: "
+                    "pip install 'distill-dag[k8s]'") from exc
+            return k8s_job_executor
+        return None
 
     def run_tags(self) -> dict[str, str]:
         return {"dagster/max_runtime": str(self.max_runtime_s)} if self.max_runtime_s else {}

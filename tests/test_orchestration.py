@@ -269,3 +269,20 @@ def test_gpu_deployment_example_loads_and_its_gpu_steps_request_gpus(tmp_path):
         limits = k8s["container_config"]["resources"]["limits"]
         assert limits == {"nvidia.com/gpu": gpus}, name
     assert "dagster-k8s/config" not in defs.get_assets_def("filtered_dataset").op.tags
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "k8s"
+
+
+@pytest.mark.parametrize(("executor", "name"), [("k8s", "k8s"), ("in_process", "in_process"),
+                                                ("multiprocess", "multi_or_in_process_executor")])
+def test_the_executor_setting_reaches_the_asset_jobs(tmp_path, executor, name):
+    """orchestration.executor: k8s puts every step of a run in its own pod (dagster-k8s's real
+    k8s_job_executor; no cluster is needed to build the job)."""
+    defs = build_definitions(_config(tmp_path, executor=executor, k8s_gpus=1),
+                             home=str(tmp_path / "home"))
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.executor_def.name == name
+
+
+def test_an_unknown_executor_names_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"orchestration.*executor must be one of"):
+        load_project_config(_config(tmp_path, executor="ray"))
