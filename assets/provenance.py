@@ -14,7 +14,7 @@ from assets._common import (
 )
 from distill_dag.config import ProjectConfig
 from distill_dag.generation.backend import make_backend
-from distill_dag.generation.vllm_backend import VLLMUnavailable
+from distill_dag.generation.vllm_backend import VLLMSetupError, VLLMUnavailable
 from distill_dag.models import ModelResolutionError, load_model
 from distill_dag.provenance.run import score_provenance
 from resources import ProjectResource, RuntimeResource, StoreResource
@@ -49,8 +49,9 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
         db = store.store()
         queries = db.read_table("queries")
         outputs = db.read_table("teacher_outputs", "teacher = ?", [teacher.name])
-        need_teacher = (cfg.provenance.teacher_logprobs == "rescore"
-                        or outputs.filter(pl.col("token_logprobs").list.len() == 0).height > 0)
+        unscored = outputs.filter((pl.col("token_logprobs").list.len() == 0)
+                                  & (pl.col("response").str.len_chars() > 0))
+        need_teacher = cfg.provenance.teacher_logprobs == "rescore" or unscored.height > 0
         try:
             student = load_model(cfg.student.model, runtime.device, runtime.dtype)
             # The teacher backend's own scorer: its engine (transformers, vLLM) or, for an
@@ -64,6 +65,8 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
             summary = score_provenance(outputs, queries, teacher, cfg.student, cfg.provenance,
                                        db, teacher_scorer, student,
                                        show_progress=runtime.show_progress)
+        except (VLLMUnavailable, VLLMSetupError) as exc:
+            raise fail(f"provenance_scores[{teacher.name}] (teachers[].vllm): {exc}") from exc
         finally:
             if hasattr(teacher_scorer, "close"):
                 teacher_scorer.close()  # a vLLM engine holds the GPU the next steps need

@@ -16,7 +16,7 @@ from distill_dag import verify
 from distill_dag.config import ProjectConfig
 from distill_dag.generation.openai_backend import EndpointError
 from distill_dag.generation.run import generate_teacher_outputs, verify_outputs
-from distill_dag.generation.vllm_backend import VLLMUnavailable
+from distill_dag.generation.vllm_backend import VLLMSetupError, VLLMUnavailable
 from distill_dag.models import ModelResolutionError
 from resources import ProjectResource, RuntimeResource, StoreResource
 
@@ -59,7 +59,7 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
             summary = generate_teacher_outputs(teacher, train, db, device=runtime.device,
                                                dtype=runtime.dtype,
                                                show_progress=runtime.show_progress)
-        except (ModelResolutionError, VLLMUnavailable) as exc:
+        except (ModelResolutionError, VLLMUnavailable, VLLMSetupError) as exc:
             raise fail(f"teacher {teacher.name!r} (teachers[].model): {exc}") from exc
         except EndpointError as exc:  # finished samples are stored; a rerun resumes after them
             if not exc.retryable:

@@ -90,8 +90,8 @@ class ProjectConfig:
             plain["endpoint"] = {"model": plain["endpoint"]["model"],
                                  "api": plain["endpoint"]["api"],
                                  "logprobs": plain["endpoint"]["logprobs"]}
-        if plain.get("vllm"):  # GPUs, memory and speed settings; the dtype changes numerics
-            plain["vllm"] = {"dtype": plain["vllm"]["dtype"]}
+        if plain.get("vllm"):  # GPUs, memory and speed settings change no output
+            plain["vllm"] = self.teacher(name).vllm.output_settings()
         else:  # absent for other backends: existing teachers keep their versions
             plain.pop("vllm", None)
         return stable_hash(plain, length=12)

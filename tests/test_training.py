@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,10 +230,99 @@ def test_two_data_parallel_processes_share_each_epoch(tmp_path, smollm_fp32):
     assert not again.trained_now and again.checkpoint_hash == result.checkpoint_hash
 
 
-def test_failing_data_parallel_workers_raise_with_their_output(tmp_path):
-    from distill_dag.training.launch import TrainingLaunchError
+def test_data_parallel_checks_records_and_model_before_launching(tmp_path):
+    from distill_dag.models import ModelResolutionError
+    from distill_dag.training.data import TrainingDataError
 
     cfg = _cfg(num_processes=2)
-    with pytest.raises(TrainingLaunchError, match=r"(?s)2 processes failed.*does not resolve"):
-        train_student(_records(), str(tmp_path / "no-such-model"), cfg, tmp_path / "run",
+    with pytest.raises(ModelResolutionError, match="does not resolve"):
+        train_student(_records(), str(tmp_path / "no-such-model"), cfg, tmp_path / "a",
                       device="cpu", show_progress=False)
+    with pytest.raises(TrainingDataError, match="0 records"):
+        train_student([], SMOLLM, cfg, tmp_path / "b", device="cpu", show_progress=False)
+    assert not (tmp_path / "a" / "launch").exists() and not (tmp_path / "b" / "launch").exists()
+
+
+def test_a_worker_failing_mid_training_is_named_in_the_error(tmp_path):
+    """A real failure inside trainer.train (the step-1 checkpoint path is taken by a file):
+    the error names the worker's exception, which torch prints as "[rank0]: ..." lines."""
+    from distill_dag.training.launch import TrainingLaunchError
+
+    (tmp_path / "trainer").mkdir(parents=True)
+    (tmp_path / "trainer" / "checkpoint-1").write_text("in the way")
+    with pytest.raises(TrainingLaunchError) as info:
+        train_student(_records(8), SMOLLM, _cfg(num_processes=2, save_steps=1), tmp_path,
+                      device="cpu", show_progress=False)
+    head = str(info.value).split("; saved steps")[0]
+    assert "2 processes failed" in head and "Error" in head, head
+    assert read_finished(tmp_path / "model") is None
+
+
+def test_first_exception_skips_torchrun_summaries_and_rank_prefixes():
+    from distill_dag.training.launch import first_exception
+
+    lines = ["[rank1]: Traceback (most recent call last):",
+             "[rank1]:   File \"x.py\", line 3, in <module>",
+             "[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+             "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+             "ValueError: later"]
+    assert first_exception(lines) == ("torch.OutOfMemoryError: CUDA out of memory. Tried to "
+                                      "allocate 2.00 GiB")
+    assert first_exception(["ChildFailedError: x", "all good"]) is None
+
+
+def test_killing_the_step_stops_the_data_parallel_workers(tmp_path):
+    """SIGKILL the process that launched the workers (what Dagster's run monitor does to a run
+    past its max runtime): torchrun gets SIGTERM from the kernel and stops its workers, so no
+    orphan trains on into the run folder. The workers print nothing (no progress bars, warnings
+    or loss lines): a write to the dead step's pipe would end them anyway, and would hide a
+    missing death signal."""
+    import contextlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = tmp_path / "step.py"
+    script.write_text(textwrap.dedent(f"""
+        from tests.test_training import _cfg, _records
+        from distill_dag.training.train import train_student
+        cfg = _cfg(num_processes=2, max_steps=10000, save_steps=10000, logging_steps=10000)
+        train_student(_records(8), {SMOLLM!r}, cfg, {str(tmp_path / "run")!r}, device="cpu",
+                      show_progress=False)
+    """))
+    root = str(Path(__file__).parents[1])
+    step = subprocess.Popen([sys.executable, str(script)], cwd=root,
+                            env=dict(os.environ, PYTHONPATH=root, TQDM_DISABLE="1",
+                                     PYTHONWARNINGS="ignore", TRANSFORMERS_VERBOSITY="error",
+                                     HF_DATASETS_DISABLE_PROGRESS_BARS="1"))
+
+    def workers() -> list[int]:
+        found = []
+        for pid in os.listdir("/proc"):
+            try:
+                cmd = (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if str(tmp_path / "run").encode() in cmd and int(pid) != step.pid:
+                found.append(int(pid))
+        return found
+
+    deadline = time.time() + 120
+    while len(workers()) < 3 and time.time() < deadline:  # torchrun + 2 ranks
+        time.sleep(0.5)
+    assert len(workers()) >= 3, "the workers never started"
+    time.sleep(3)
+    os.kill(step.pid, signal.SIGKILL)
+    step.wait()
+    deadline = time.time() + 20  # torchrun stops its workers within seconds of the signal
+    while workers() and time.time() < deadline:
+        time.sleep(0.5)
+    left = workers()
+    for pid in left:  # never leave orphans behind, even when the test fails
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert left == []
+    assert read_finished(tmp_path / "run" / "model") is None

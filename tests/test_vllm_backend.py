@@ -109,8 +109,10 @@ def test_generation_logprobs_are_the_raw_distribution(sampled, backend):
     scores = local.score([backend.render(prompts[r["query_id"]]) for r in rows],
                          [r["response"] for r in rows])
     compared = 0
+    tokenizer = backend.tokenizer
     for row, score in zip(rows, scores, strict=True):
-        if len(score.logprobs) != len(row["token_logprobs"]):
+        ids = tokenizer(row["response"], add_special_tokens=False)["input_ids"]
+        if list(ids) != list(row["token_ids"]):
             continue  # re-tokenized differently (a non-canonical sample): not comparable
         np.testing.assert_allclose(row["token_logprobs"], score.logprobs, atol=2e-3)
         compared += 1
@@ -183,12 +185,25 @@ def test_many_long_seeded_prompts_in_one_engine_call(tmp_path):
     assert min(summary.outputs["prompt_tokens"]) * 32 > 4096  # beyond one step's token budget
 
 
+def test_unknown_engine_args_fail_before_the_engine_starts():
+    from distill_dag.generation import vllm_backend
+    from distill_dag.generation.vllm_backend import VLLMSetupError
+
+    release_engine()
+    bad = VLLMEngineConfig(dtype="float32", engine_args={"tensor_paralel": 2})
+    teacher = TeacherConfig(name="bad", model=SMOLLM, backend="vllm", vllm=bad)
+    with pytest.raises(VLLMSetupError, match=r"unknown key\(s\) \['tensor_paralel'\]"):
+        VLLMBackend(teacher).prepare()
+    assert vllm_backend._engine is None
+
+
 def test_the_whole_dag_with_a_vllm_teacher(tmp_path):
-    """Every asset materializes with a vLLM teacher; provenance reads its generation log-probs,
-    and eval's test-time provenance scores it; the engine is released between steps."""
+    """Every asset materializes with a vLLM teacher, scored for provenance on its own engine
+    (teacher_logprobs: rescore, through prompt_logprobs); each step releases the engine."""
     import dagster as dg
 
     from distill_dag.definitions import build_definitions, materialize_all
+    from distill_dag.generation import vllm_backend
 
     config = tmp_path / "vllm.yaml"
     config.write_text(textwrap.dedent(f"""
@@ -205,7 +220,7 @@ def test_the_whole_dag_with_a_vllm_teacher(tmp_path):
             vllm: {{dtype: float32, max_model_len: 1024, kv_cache_gb: 1.0, enforce_eager: true}}
             prompt: {{style: chat, system: "{SYSTEM}", few_shot: 2, few_shot_levels: [1]}}
             sampling: {{temperature: 0.8, max_new_tokens: 32, num_samples: 2}}
-        provenance: {{batch_size: 8}}
+        provenance: {{batch_size: 8, teacher_logprobs: rescore}}
         selection: {{min_pass_rate: 0.0}}
         filtering: {{max_completion_tokens: 32}}
         training: {{max_steps: 2, batch_size: 2, max_length: 128, save_steps: 1,
@@ -226,4 +241,6 @@ def test_the_whole_dag_with_a_vllm_teacher(tmp_path):
     assert {"teacher_outputs", "provenance_scores", "distilled_checkpoint",
             "eval_report"} <= set(mats)
     assert mats["teacher_outputs"]["generated_now"] == mats["teacher_outputs"]["requests"] > 0
-    assert mats["provenance_scores"]["teacher_logprob_source"] == "generation"
+    assert mats["provenance_scores"]["teacher_logprob_source"] == "rescore"
+    assert mats["provenance_scores"]["scored_now"] > mats["teacher_outputs"]["requests"]
+    assert vllm_backend._engine is None  # released: training and eval had the GPU to themselves

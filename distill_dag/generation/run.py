@@ -8,6 +8,7 @@ means a new verifier version re-verifies without regenerating anything.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from distill_dag.generation.config import TeacherConfig
 from distill_dag.store import Store
 
 GENERATIONS = "generations"  # chunk kind in the store
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,7 +111,10 @@ def generate_teacher_outputs(
         seconds = time.perf_counter() - started
     finally:
         if own_backend and hasattr(backend, "close"):
-            backend.close()  # a vLLM engine holds the GPU the next steps need
+            try:
+                backend.close()  # a vLLM engine holds the GPU the next steps need
+            except Exception as exc:  # must not hide the error that got us here
+                log.warning("teacher %s: closing the backend failed: %r", teacher.name, exc)
 
     frames = ([stored] if stored is not None else []) + new_frames
     if not frames:

@@ -17,7 +17,6 @@ only one step of log-probs alive (batch x vocab), unlike ``output_logits`` which
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,8 +24,10 @@ from dataclasses import dataclass
 from distill_dag.generation.backend import (
     GenerationRequest,
     GenerationResult,
+    batch_seed,
     eos_token_ids,
     token_char_starts,
+    tokenize_prompts,
 )
 from distill_dag.generation.config import TeacherConfig
 from distill_dag.generation.prompts import render_prompt, teacher_style_and_stops
@@ -111,10 +112,8 @@ class TransformersBackend:
         )
 
     def _tokenize(self, requests: list[GenerationRequest]) -> dict[str, list[int]]:
-        # Chat templates already contain the BOS token; plain prompts need the tokenizer's.
-        texts = list(dict.fromkeys(r.prompt_text for r in requests))
-        ids = self.loaded.tokenizer(texts, add_special_tokens=self.style == "plain")["input_ids"]
-        return {text: list(row) for text, row in zip(texts, ids, strict=True)}
+        return tokenize_prompts(self.loaded.tokenizer, [r.prompt_text for r in requests],
+                                plain=self.style == "plain")
 
     @staticmethod
     def _common_prefix(token_lists: list[list[int]]) -> int:
@@ -178,8 +177,7 @@ class TransformersBackend:
             if cache is not None:
                 past = copy.deepcopy(cache)
                 past.batch_repeat_interleave(len(batch))
-            seed_material = "|".join(r.key for r in batch) + f"|{sampling.seed}"
-            torch.manual_seed(int(hashlib.sha256(seed_material.encode()).hexdigest()[:8], 16))
+            torch.manual_seed(batch_seed([r.key for r in batch], sampling.seed))
             recorder = _RawLogprobRecorder()
             with torch.inference_mode():
                 output = model.generate(
@@ -236,12 +234,13 @@ class Completion:
 
 
 def finish_completion(tokenizer, ids: list[int], logprobs: list[float], eos_ids: set[int],
-                      stop: list[str]) -> Completion:
-    """Turn one row of generate() output into the stored completion.
+                      stop: list[str], padded: bool = True) -> Completion:
+    """Turn one row of generated token ids into the stored completion.
 
     The row ends at the first end-of-sequence token, or at a stop string (generate() then pads
     the row; when pad == eos, as in SmolLM2, that padding must not count as generated), or at
-    max_new_tokens."""
+    max_new_tokens. `padded`: the row may end in such padding (transformers' batches; vLLM
+    returns each sequence unpadded)."""
     pad = tokenizer.pad_token_id
     length, finish = len(ids), "length"
     for i, tok in enumerate(ids):
@@ -249,7 +248,7 @@ def finish_completion(tokenizer, ids: list[int], logprobs: list[float], eos_ids:
             length, finish = i + 1, "stop"
             break
     else:
-        while length and ids[length - 1] == pad:
+        while padded and length and ids[length - 1] == pad:
             length -= 1
     content_ids = [t for t in ids[:length] if t not in eos_ids]
     text = tokenizer.decode(content_ids, skip_special_tokens=True)

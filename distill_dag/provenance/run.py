@@ -136,9 +136,11 @@ def score_provenance(
     # Teacher first (its engine may be a vLLM one that wants the GPU before the student's
     # weights load): generation-time log-probs when present, else a pass in its own context.
     use_generation = cfg.teacher_logprobs == "generation"
+    # An empty response has nothing to score: it never needs the teacher's model.
     t_scores: list[TokenScores | None] = [
         TokenScores(r["token_logprobs"], r["token_starts"], [])
-        if use_generation and r["token_logprobs"] else None for r in rows
+        if (use_generation and r["token_logprobs"]) or not r["response"] else None
+        for r in rows
     ]
     need = [i for i, s in enumerate(t_scores) if s is None]
     scored = tokens = 0
@@ -162,6 +164,8 @@ def score_provenance(
         for i, s in zip(need, rescored, strict=True):
             t_scores[i] = s
         scored, tokens, busy = n, t, b
+        if hasattr(teacher_model, "close"):
+            teacher_model.close()  # a vLLM engine: give the GPU back before the student loads
 
     # Student: zero-shot, in the exact prompt it will be trained with.
     student_model = as_scorer(student_model)
@@ -195,8 +199,9 @@ def score_provenance(
             "request_key": row["request_key"],
             "student_mean_logprob": _mean(s_score.logprobs),
             "teacher_mean_logprob": _mean(t_score.logprobs),
-            "teacher_logprob_source": "generation" if use_generation and row["token_logprobs"]
-            else "rescore",
+            # An empty response counts as scored where the others came from (nothing to score).
+            "teacher_logprob_source": "generation" if use_generation and (
+                row["token_logprobs"] or not row["response"]) else "rescore",
             "context_truncated": bool(s_score.truncated or t_score.truncated),
         })
 

@@ -11,11 +11,13 @@ last saved step, with any number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import deque
@@ -23,10 +25,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from distill_dag.configbase import ConfigError
 from distill_dag.training.config import TrainingConfig
 
 log = logging.getLogger(__name__)
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b[^:]*: ")
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s*")
 RESULT_FILE = "result.json"
 
 
@@ -34,12 +38,66 @@ class TrainingLaunchError(RuntimeError):
     """The training processes failed; the message carries the end of their output."""
 
 
+TORCHRUN = "--torchrun"  # first argument of the launcher's own command line
+WORKER_ENV = "DISTILL_DAG_TRAINING_WORKER"  # set in the workers: they train, never relaunch
+
+
 def _worker_env(n: int, device: str) -> dict[str, str]:
-    env = dict(os.environ)
+    env = dict(os.environ, **{WORKER_ENV: "1"})
     if not device.startswith("cuda") and "OMP_NUM_THREADS" not in env:
         # torchrun would give each worker 1 thread; CPU workers share the cores instead.
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
     return env
+
+
+def _exec_torchrun(args: list[str]) -> None:
+    """Become torchrun, set to get SIGTERM when the Dagster step dies (even by SIGKILL), so it
+    stops its workers instead of letting them train on, orphaned, into the run folder. (The
+    death signal survives exec; a preexec_fn would not be safe in a threaded step.)"""
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    # Not Linux (no prctl): the step's own cleanup on interruption still applies.
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the step died before the signal was armed
+        raise SystemExit(1)
+    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", *args])
+
+
+def first_exception(lines: Sequence[str]) -> str | None:
+    """The first exception line a worker printed. torch prefixes a rank's traceback lines with
+    "[rankN]: ", and torchrun's own summary (ChildFailedError) hides the cause."""
+    for line in lines:
+        text = _RANK_PREFIX.sub("", line)
+        if _EXCEPTION_LINE.match(text) and "ChildFailedError" not in text:
+            return text
+    return None
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop torchrun and its workers (their own process group): SIGTERM, then SIGKILL."""
+    import signal
+
+    for sig, wait_s in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        if proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait_s)
+
+
+def check_devices(n: int, device: str) -> None:
+    """Fail before launching when N processes cannot each get a GPU."""
+    if device.startswith("cuda") or device == "auto":
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus and n > gpus:
+            raise ConfigError(f"training.num_processes is {n} but this machine has {gpus} "
+                              "GPU(s): one process per GPU")
 
 
 def train_distributed(
@@ -54,16 +112,14 @@ def train_distributed(
     on_output: Callable[[str], None] | None = None,
 ):
     """train_student in cfg.num_processes processes; returns rank 0's TrainingResult."""
-    from distill_dag.training.train import TrainingResult, last_complete_checkpoint, read_finished
+    from distill_dag.training.train import TrainingResult, finished_result, last_complete_checkpoint
 
     run_dir = Path(run_dir)
-    final = run_dir / "model"
-    done = read_finished(final)
+    done = finished_result(run_dir / "model")
     if done is not None:  # finished earlier: nothing to launch
-        return TrainingResult(final, done["checkpoint_hash"], False,
-                              global_step=done.get("global_step", 0),
-                              loss_history=done.get("loss_history", []),
-                              examples=done.get("examples", 0), info=done)
+        return done
+    n = cfg.num_processes
+    check_devices(n, device)
     launch_dir = run_dir / "launch"
     launch_dir.mkdir(parents=True, exist_ok=True)
     # Partial checkpoints are cleaned up here, once, not by every rank at the same time.
@@ -77,39 +133,50 @@ def train_distributed(
             "show_progress": show_progress, "result": str(result_path)}
     (launch_dir / "spec.json").write_text(json.dumps(spec, default=str))
 
-    n = cfg.num_processes
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    command = [sys.executable, "-m", "distill_dag.training.launch", TORCHRUN, "--standalone",
                f"--nproc_per_node={n}", "-m", "distill_dag.training.launch",
                str(launch_dir / "spec.json")]
     log.info("training: launching %d data-parallel processes: %s", n, " ".join(command))
+    lines: list[str] = []
     tail: deque[str] = deque(maxlen=40)
-    errors: list[str] = []  # the workers' exception lines (torchrun's summary hides them)
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          env=_worker_env(n, device), bufsize=1) as proc:
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_worker_env(n, device), bufsize=1, start_new_session=True)
+    try:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip("\n")
             tail.append(line)
-            if _EXCEPTION_LINE.match(line) and "ChildFailedError" not in line:
-                errors.append(line)
+            if _EXCEPTION_LINE.match(_RANK_PREFIX.sub("", line)):
+                lines.append(line)
             if on_output is not None:
                 on_output(line)
+        proc.wait()
+    except BaseException:  # the step was interrupted: the workers must not train on
+        _stop(proc)
+        raise
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
     if proc.returncode != 0 or not result_path.exists():
-        cause = f": {errors[0]}" if errors else ""
+        cause = first_exception(lines)
         raise TrainingLaunchError(
-            f"training with {n} processes failed (torchrun exit code {proc.returncode}){cause}; "
-            f"saved steps under {run_dir / 'trainer'} are kept and a rerun resumes from them. "
-            "Last output:\n" + "\n".join(tail))
+            f"training with {n} processes failed (torchrun exit code {proc.returncode})"
+            + (f": {cause}" if cause else "") + f"; saved steps under {run_dir / 'trainer'} "
+            "are kept and a rerun resumes from them. Last output:\n" + "\n".join(tail))
     data = json.loads(result_path.read_text())
     data["path"] = Path(data["path"])
+    shutil.rmtree(launch_dir, ignore_errors=True)  # a copy of the dataset; the folder is done
     return TrainingResult(**data)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One rank (torchrun starts N of these)."""
+    """One rank (torchrun starts N of these); or, with --torchrun first, torchrun itself."""
     from distill_dag.training.train import train_student
 
-    spec_path = Path((argv if argv is not None else sys.argv[1:])[0])
+    argv = list(argv if argv is not None else sys.argv[1:])
+    if argv and argv[0] == TORCHRUN:
+        _exec_torchrun(argv[1:])
+    spec_path = Path(argv[0])
     spec = json.loads(spec_path.read_text())
     messages = json.loads((spec_path.parent / "messages.json").read_text())
     cfg = TrainingConfig.from_dict(spec["training"])

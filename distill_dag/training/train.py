@@ -25,6 +25,7 @@ from typing import Any
 from distill_dag.models import cpu_supports_bf16, hf_folder_fingerprint, pick_device, resolve_model
 from distill_dag.training.config import TrainingConfig
 from distill_dag.training.data import IGNORE_INDEX, TokenizedDataset, tokenize_records
+from distill_dag.training.launch import WORKER_ENV, train_distributed
 
 MARKER = "distill_dag_checkpoint.json"  # written last: its presence means the folder is complete
 log = logging.getLogger(__name__)
@@ -171,6 +172,26 @@ def _sum_over_ranks(value: int, device) -> int:
     return int(total.item())
 
 
+def finished_result(final: Path) -> TrainingResult | None:
+    """The result of a run whose folder is already complete (nothing is trained), or None."""
+    done = read_finished(final)
+    if done is None:
+        return None
+    return TrainingResult(final, done["checkpoint_hash"], False,
+                          global_step=done.get("global_step", 0),
+                          loss_history=done.get("loss_history", []),
+                          examples=done.get("examples", 0), info=done)
+
+
+def _tokenizer(resolved):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolved.hf_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def read_finished(path: Path) -> dict[str, Any] | None:
     """The marker of a finished checkpoint folder, or None if the folder is not complete."""
     marker = path / MARKER
@@ -220,11 +241,15 @@ def train_student(
     `on_log` then receives each line of their output as {"output": line}, and `callbacks` and
     `keep_model` are not available (they cannot cross processes)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.num_processes > 1 and world == 1:
+    if cfg.num_processes > 1 and not os.environ.get(WORKER_ENV):
         if keep_model or callbacks:
             raise ValueError("keep_model and callbacks need num_processes == 1")
-        from distill_dag.training.launch import train_distributed
-
+        done = finished_result(Path(run_dir) / "model")
+        if done is not None:
+            return done
+        # Bad records or a missing model fail here, once and clearly, not in N workers.
+        tokenizer = _tokenizer(resolve_model(student_model))
+        tokenize_records(tokenizer, messages, cfg.max_length)
         return train_distributed(
             messages, student_model, cfg, run_dir, info=info, device=device,
             show_progress=show_progress,
@@ -232,23 +257,18 @@ def train_student(
     rank = int(os.environ.get("RANK", "0"))
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
     run_dir = Path(run_dir)
     final = run_dir / "model"
-    done = read_finished(final)
+    done = finished_result(final)
     if done is not None:
-        return TrainingResult(final, done["checkpoint_hash"], False,
-                              global_step=done.get("global_step", 0),
-                              loss_history=done.get("loss_history", []),
-                              examples=done.get("examples", 0), info=done)
+        return done
 
     resolved = resolve_model(student_model)
     real_device = pick_device(device)
-    tokenizer = AutoTokenizer.from_pretrained(resolved.hf_dir)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = _tokenizer(resolved)
     tokenized = tokenize_records(tokenizer, messages, cfg.max_length)
     if tokenized.dropped_too_long:
         log.warning("training: %d of %d records are longer than max_length=%d tokens and were "
