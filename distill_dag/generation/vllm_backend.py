@@ -24,6 +24,7 @@ processes).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import threading
@@ -127,6 +128,10 @@ def release_engine_locked() -> None:
     if shutdown is not None and hasattr(shutdown, "shutdown"):
         shutdown.shutdown()
     del llm
+    with contextlib.suppress(Exception):  # torch.distributed state of an in-process engine
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
     gc.collect()
     try:
         import torch
