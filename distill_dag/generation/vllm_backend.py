@@ -124,9 +124,9 @@ def release_engine_locked() -> None:
         return
     llm = _engine[1]
     _engine = None
-    shutdown = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    if shutdown is not None and hasattr(shutdown, "shutdown"):
-        shutdown.shutdown()
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()  # stops the engine's worker processes now, not at garbage collection
     del llm
     with contextlib.suppress(Exception):  # torch.distributed state of an in-process engine
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
