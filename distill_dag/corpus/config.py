@@ -303,6 +303,19 @@ class CorpusConfig:
         default=13,
         metadata={"help": "Drop training queries sharing a word n-gram of this length with eval."},
     )
+    near_dup_threshold: float | None = field(
+        default=0.8,
+        metadata={"help": "Set aside a training query whose word shingles reach this estimated "
+                          "Jaccard similarity (MinHash-LSH) with an eval query (contamination) "
+                          "or with an earlier training query that has the same answer; None "
+                          "turns near-duplicate removal off."},
+    )
+    near_dup_shingle_words: int = field(
+        default=3, metadata={"help": "Words per shingle for near-duplicate detection."})
+    near_dup_num_perm: int = field(
+        default=128,
+        metadata={"help": "MinHash permutations: more estimate the similarity more precisely "
+                          "(error about 1/sqrt(num_perm)) and cost proportionally more."})
     max_prompt_chars: int = field(
         default=4000, metadata={"help": "Prompts longer than this are quarantined."}
     )
@@ -341,6 +354,14 @@ class CorpusConfig:
         if self.max_eval is not None:
             _check_int(owner, "max_eval", self.max_eval, minimum=1)
         _check_int(owner, "decontam_ngram", self.decontam_ngram, minimum=1)
+        thr = self.near_dup_threshold
+        # Above 0.95, LSH with any practical num_perm has too few bands to find candidates.
+        if thr is not None and (isinstance(thr, bool) or not isinstance(thr, int | float)
+                                or not 0 < thr <= 0.95):
+            raise ConfigError(f"{owner}.near_dup_threshold",
+                              f"must be a number in (0, 0.95] or null, got {thr!r}")
+        _check_int(owner, "near_dup_shingle_words", self.near_dup_shingle_words, minimum=1)
+        _check_int(owner, "near_dup_num_perm", self.near_dup_num_perm, minimum=16)
         _check_int(owner, "max_prompt_chars", self.max_prompt_chars, minimum=1)
         _check_int(owner, "min_prompt_chars", self.min_prompt_chars, minimum=0)
         if self.min_prompt_chars > self.max_prompt_chars:

@@ -250,6 +250,36 @@ def _decontaminate(rows: list[dict], n: int, out: list[dict], stats: Counter) ->
     return kept
 
 
+def _near_dedup(rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Counter
+                ) -> list[dict]:
+    """Set aside training queries that nearly duplicate an eval query (contamination) or an
+    earlier training query with the same answer (MinHash-LSH, see near_dup.py)."""
+    if cfg.near_dup_threshold is None:
+        return rows
+    from distill_dag.corpus.near_dup import find_near_duplicates
+
+    # Eval queries first: they are never removed, and a training query close to one leaks it.
+    ordered = [r for r in rows if r["split"] == "eval"] + [r for r in rows if r["split"] != "eval"]
+    found = find_near_duplicates(
+        [r["prompt"] for r in ordered], [answer_key(r["reference_answer"]) for r in ordered],
+        threshold=cfg.near_dup_threshold, num_perm=cfg.near_dup_num_perm,
+        shingle_words=cfg.near_dup_shingle_words, protected=[r["split"] == "eval" for r in ordered])
+    removed = set()
+    for dup in found:
+        row, match = ordered[dup.index], ordered[dup.of]
+        removed.add(id(row))
+        what = (f"query {match['query_id']} ({_where(match)}), estimated Jaccard "
+                f"{dup.similarity:.2f}")
+        if match["split"] == "eval":
+            out.append(_setaside(row, "prompt", f"eval contamination: near-duplicate of eval "
+                                                f"{what}", "decontam"))
+            stats["near_dup_contaminated_removed"] += 1
+        else:
+            out.append(_setaside(row, "prompt", f"near-duplicate of {what}", "near_dedup"))
+            stats["near_duplicates_removed"] += 1
+    return [r for r in rows if id(r) not in removed]
+
+
 def _reason_pattern(reason: str) -> str:
     # Group reasons that differ only in quoted values, numbers or ids.
     return re.sub(r"[0-9a-f]{16}|\d+", "N", re.sub(r"'[^']*'", "'…'", reason))
@@ -337,6 +367,7 @@ def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> Cor
     rows = _dedup(rows, setaside, stats)
     rows = _assign_splits(rows, cfg, setaside, stats)
     rows = _decontaminate(rows, cfg.decontam_ngram, setaside, stats)
+    rows = _near_dedup(rows, cfg, setaside, stats)
 
     queries = pl.DataFrame(
         [{col: r.get(col) for col in QUERY_SCHEMA} for r in rows], schema=QUERY_SCHEMA
@@ -351,6 +382,8 @@ def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> Cor
             "duplicates_removed",
             "conflicts",
             "contaminated_removed",
+            "near_duplicates_removed",
+            "near_dup_contaminated_removed",
             "eval_held_out",
             "rows_carried",
         )
