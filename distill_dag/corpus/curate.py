@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class CorpusResult:
     quarantine: pl.DataFrame
     stats: dict[str, int]
     warnings: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each step
 
 
 def normalize_text(s: str) -> str:
@@ -356,18 +358,32 @@ def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> Cor
     setaside: list[dict] = []
     stats: Counter = Counter()
     warnings: list[str] = []
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(step: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[step] = now - clock
+        clock = now
+
     gen = cfg.effective_generator()
     if gen is not None:
         for i, row in enumerate(generate_word_problems(gen.n, gen.seed, gen.levels), 1):
             rows.append({**row, "source_file": None, "source_line": i})
         stats["rows_read"] += gen.n
     _load_sources(cfg, previous, rows, setaside, stats, warnings)
-
+    lap("load")
     rows = _clean(rows, cfg, setaside)
+    lap("clean")
     rows = _dedup(rows, setaside, stats)
+    lap("exact_dedup")
     rows = _assign_splits(rows, cfg, setaside, stats)
+    lap("split")
     rows = _decontaminate(rows, cfg.decontam_ngram, setaside, stats)
+    lap("ngram_decontam")
     rows = _near_dedup(rows, cfg, setaside, stats)
+    lap("near_dedup")
 
     queries = pl.DataFrame(
         [{col: r.get(col) for col in QUERY_SCHEMA} for r in rows], schema=QUERY_SCHEMA
@@ -393,5 +409,6 @@ def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> Cor
     result_stats["eval"] = queries.filter(pl.col("split") == "eval").height
     if result_stats["train"] == 0:
         raise EmptyCorpusError(_empty_message(result_stats, setaside))
+    lap("tables")
     return CorpusResult(queries=queries, quarantine=quarantine, stats=result_stats,
-                        warnings=warnings)
+                        warnings=warnings, seconds=seconds)
