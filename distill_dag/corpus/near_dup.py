@@ -45,7 +45,8 @@ def find_near_duplicates(
 
     `protected` texts are never set aside (e.g. eval queries: training queries that nearly
     duplicate them are removed instead); they still serve as matches for later texts."""
-    from datasketch import LeanMinHash, MinHash, MinHashLSH
+    import numpy as np
+    from datasketch import MinHash, MinHashLSH
 
     # Bands tuned for recall (false negatives weigh 0.95): a pair at the threshold is proposed
     # with probability ~0.95 instead of ~0.4 with the default weights; the extra candidates
@@ -53,7 +54,9 @@ def find_near_duplicates(
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.05, 0.95))
     # The random permutations are drawn once (drawing them per text was 40% of the time).
     template = MinHash(num_perm=num_perm, seed=seed)
-    signatures: dict[int, LeanMinHash] = {}
+    # Signatures of the kept texts, one row each: 32-bit values (the affine32 scheme's range),
+    # a quarter of the memory of one MinHash object per text.
+    signatures = np.zeros((len(texts), num_perm), dtype=np.uint32)
     found: list[NearDuplicate] = []
     for i, text in enumerate(texts):
         grams = shingles(text, shingle_words)
@@ -62,18 +65,17 @@ def find_near_duplicates(
         minhash = MinHash(num_perm=num_perm, seed=seed, permutations=template.permutations,
                           scheme=template.scheme)
         minhash.update_batch(grams)
-        signature = LeanMinHash(minhash)
+        signature = minhash.hashvalues.astype(np.uint32)
         best, best_sim = None, threshold
-        for key in lsh.query(signature):
-            j = int(key)
+        for j in lsh.query(minhash):
             if groups[j] != groups[i]:
                 continue
-            sim = signature.jaccard(signatures[j])
+            sim = float(np.count_nonzero(signatures[j] == signature)) / num_perm
             if sim >= best_sim and (best is None or sim > best_sim or j < best):
                 best, best_sim = j, sim
         if best is not None and not (protected is not None and protected[i]):
             found.append(NearDuplicate(i, best, best_sim))
             continue
         signatures[i] = signature
-        lsh.insert(str(i), signature)
+        lsh.insert(i, minhash, check_duplication=False)
     return found
