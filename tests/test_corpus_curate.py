@@ -37,6 +37,9 @@ def qa(prompt: str, answer: str = "1", **extra) -> dict:
 
 
 def files_only(*sources: FileSource, **kwargs) -> CorpusConfig:
+    """Files only, without the embedding steps: the rows here share one dummy answer, so their
+    templated prompts would be paraphrases (tested in test_corpus_near_dup.py)."""
+    kwargs = {"embed_decontam_threshold": None, "embed_dedup_threshold": None, **kwargs}
     return CorpusConfig(files=list(sources), **kwargs)
 
 

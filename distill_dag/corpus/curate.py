@@ -282,6 +282,48 @@ def _near_dedup(rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Cou
     return [r for r in rows if id(r) not in removed]
 
 
+def _semantic(rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Counter,
+              warnings: list[str]) -> list[dict]:
+    """Embedding similarity (semantic.py): training queries that paraphrase an eval query
+    (contamination), then training queries that paraphrase an earlier one; same answer only."""
+    if cfg.embed_decontam_threshold is None and cfg.embed_dedup_threshold is None:
+        return rows
+    from distill_dag.corpus.semantic import earlier_duplicates, embed, load_embedder, matches_in
+
+    model = load_embedder(cfg.embed_model)
+    embedded = embed(model, [r["prompt"] for r in rows], cfg.embed_batch_size)
+    stats["embed_truncated"] += embedded.truncated
+    if embedded.truncated:
+        warnings.append(f"{embedded.truncated} queries are longer than the embedding model's "
+                        f"{embedded.max_tokens}-token window: they were compared by their "
+                        f"first {embedded.max_tokens} tokens")
+    vectors = embedded.vectors
+    groups = [answer_key(r["reference_answer"]) for r in rows]
+    train = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    evals = [i for i, r in enumerate(rows) if r["split"] == "eval"]
+    removed: set[int] = set()
+    if cfg.embed_decontam_threshold is not None and evals:
+        for m in matches_in(vectors[train], [groups[i] for i in train], vectors[evals],
+                            [groups[i] for i in evals], cfg.embed_decontam_threshold):
+            row, match = rows[train[m.index]], rows[evals[m.of]]
+            out.append(_setaside(row, "prompt", f"eval contamination: paraphrase of eval query "
+                                 f"{match['query_id']} ({_where(match)}), cosine "
+                                 f"{m.similarity:.3f}", "decontam"))
+            removed.add(train[m.index])
+            stats["semantic_contaminated_removed"] += 1
+    if cfg.embed_dedup_threshold is not None:
+        left = [i for i in train if i not in removed]
+        for m in earlier_duplicates(vectors[left], [groups[i] for i in left],
+                                    cfg.embed_dedup_threshold):
+            row, match = rows[left[m.index]], rows[left[m.of]]
+            out.append(_setaside(row, "prompt", f"paraphrase of query {match['query_id']} "
+                                 f"({_where(match)}), cosine {m.similarity:.3f}",
+                                 "semantic_dedup"))
+            removed.add(left[m.index])
+            stats["semantic_duplicates_removed"] += 1
+    return [r for i, r in enumerate(rows) if i not in removed]
+
+
 def _reason_pattern(reason: str) -> str:
     # Group reasons that differ only in quoted values, numbers or ids.
     return re.sub(r"[0-9a-f]{16}|\d+", "N", re.sub(r"'[^']*'", "'…'", reason))
@@ -384,6 +426,8 @@ def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> Cor
     lap("ngram_decontam")
     rows = _near_dedup(rows, cfg, setaside, stats)
     lap("near_dedup")
+    rows = _semantic(rows, cfg, setaside, stats, warnings)
+    lap("embedding_dedup_decontam")
 
     queries = pl.DataFrame(
         [{col: r.get(col) for col in QUERY_SCHEMA} for r in rows], schema=QUERY_SCHEMA
@@ -400,6 +444,9 @@ def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> Cor
             "contaminated_removed",
             "near_duplicates_removed",
             "near_dup_contaminated_removed",
+            "semantic_contaminated_removed",
+            "semantic_duplicates_removed",
+            "embed_truncated",
             "eval_held_out",
             "rows_carried",
         )
