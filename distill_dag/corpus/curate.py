@@ -286,8 +286,9 @@ def _semantic(rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Count
               warnings: list[str]) -> list[dict]:
     """Embedding similarity (semantic.py): training queries that paraphrase an eval query
     (contamination), then training queries that paraphrase an earlier one; same answer only."""
-    if cfg.embed_decontam_threshold is None and cfg.embed_dedup_threshold is None:
-        return rows
+    if (cfg.embed_decontam_threshold is None and cfg.embed_dedup_threshold is None) or not any(
+            r["split"] == "train" for r in rows):
+        return rows  # nothing to compare (an empty corpus fails later, with its reasons)
     from distill_dag.corpus.semantic import earlier_duplicates, embed, load_embedder, matches_in
 
     model = load_embedder(cfg.embed_model)
