@@ -72,8 +72,8 @@ def build(project: ProjectConfig) -> list:
                 "dagster/row_count": queries.height,
                 "seconds": round(time.perf_counter() - started, 3),
                 **{f"seconds_{step}": round(t, 3) for step, t in result.seconds.items()},
-                "vanished_files": dg.MetadataValue.md("\n".join(f"- {w}" for w in result.warnings)
-                                                      or "none"),
+                "warnings": dg.MetadataValue.md("\n".join(f"- {w}" for w in result.warnings)
+                                                or "none"),
                 "preview": preview(queries, ["query_id", "split", "difficulty", "prompt",
                                              "reference_answer"]),
                 "quarantine_preview": preview(result.quarantine, ["source_file", "line", "field",
