@@ -10,7 +10,7 @@ import polars as pl
 
 from assets._common import fail, retry_policy, stale_or_updated, work_counters
 from distill_dag.config import ProjectConfig
-from distill_dag.configbase import stable_hash
+from distill_dag.configbase import ConfigError, stable_hash
 from distill_dag.filtering import dataset_version as filtered_dataset_version
 from distill_dag.models import ModelResolutionError, resolve_model
 from distill_dag.tracking import TrackingUnavailableError, open_tracker, redact_uri
@@ -126,7 +126,7 @@ def build(project: ProjectConfig) -> list:
                       "mlflow_run_id": run.run_id if run else None,
                       "mlflow_tracking_uri": redact_uri(tracker.uri) if tracker else None},
                 device=runtime.device, show_progress=runtime.show_progress, on_log=on_log)
-        except TrainingDataError as exc:
+        except (TrainingDataError, ConfigError) as exc:  # bad records, too few GPUs
             if run:
                 run.end("FAILED")
             raise fail(f"distilled_checkpoint: {exc}") from exc

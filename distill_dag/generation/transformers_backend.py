@@ -206,20 +206,7 @@ class TransformersBackend:
         latency: float,
     ) -> GenerationResult:
         done = finish_completion(self.loaded.tokenizer, ids, logprobs, self._eos_ids(), self.stop)
-        return GenerationResult(
-            key=req.key,
-            query_id=req.query_id,
-            sample_index=req.sample_index,
-            text=done.text,
-            token_ids=done.token_ids,
-            token_logprobs=done.token_logprobs,
-            token_starts=done.token_starts,
-            prompt_tokens=int(prompt_tokens),
-            completion_tokens=done.generated,
-            finish_reason=done.finish_reason,
-            latency_s=latency,
-            lead=done.lead,
-        )
+        return done.result(req, prompt_tokens, latency)
 
 
 @dataclass
@@ -231,6 +218,16 @@ class Completion:
     token_starts: list[int]  # their char offsets in `text`
     generated: int  # tokens the model generated, up to and including what ended it
     finish_reason: str  # "stop" or "length"
+
+    def result(self, request: GenerationRequest, prompt_tokens: int,
+               latency: float) -> GenerationResult:
+        """The stored result of `request` with this completion."""
+        return GenerationResult(
+            key=request.key, query_id=request.query_id, sample_index=request.sample_index,
+            text=self.text, token_ids=self.token_ids, token_logprobs=self.token_logprobs,
+            token_starts=self.token_starts, prompt_tokens=int(prompt_tokens),
+            completion_tokens=self.generated, finish_reason=self.finish_reason,
+            latency_s=latency, lead=self.lead)
 
 
 def finish_completion(tokenizer, ids: list[int], logprobs: list[float], eos_ids: set[int],

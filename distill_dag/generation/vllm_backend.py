@@ -260,20 +260,7 @@ class VLLMBackend:
             raise RuntimeError(f"vLLM returned {len(logprobs)} log-probs for {len(ids)} tokens")
         done = finish_completion(self.tokenizer, ids, logprobs, self.eos_ids(), self.stop,
                                  padded=False)
-        return GenerationResult(
-            key=request.key,
-            query_id=request.query_id,
-            sample_index=request.sample_index,
-            text=done.text,
-            token_ids=done.token_ids,
-            token_logprobs=done.token_logprobs,
-            token_starts=done.token_starts,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=done.generated,
-            finish_reason=done.finish_reason,
-            latency_s=latency,
-            lead=done.lead,
-        )
+        return done.result(request, prompt_tokens, latency)
 
     # -- scoring ---------------------------------------------------------------------------------
     def scorer(self) -> VLLMScorer:
