@@ -8,15 +8,16 @@ import polars as pl
 
 from assets._common import content_version, fail, preview, retry_policy, stale_or_updated
 from distill_dag.config import ProjectConfig
-from distill_dag.corpus import EmptyCorpusError, build_corpus, dedup_key
-from distill_dag.corpus.curate import ngrams, word_tokens
+from distill_dag.corpus import EmptyCorpusError, build_corpus
+from distill_dag.corpus.checks import (
+    duplicate_rate,
+    eval_leaks,
+    removal_examples,
+    removal_shares,
+)
 from resources import ProjectResource, StoreResource
 
 STAGE_VERSION = "1"
-
-
-def _grams(text: str, n: int) -> set[tuple[str, ...]]:
-    return ngrams(word_tokens(text), n)
 
 
 def build(project: ProjectConfig) -> list:
@@ -29,14 +30,26 @@ def build(project: ProjectConfig) -> list:
         kinds={"duckdb", "polars"},
         check_specs=[
             dg.AssetCheckSpec("no_eval_leakage", asset="query_corpus", blocking=True,
-                              description="No training query equals or shares an n-gram with "
-                                          "an eval query."),
+                              description="No training query equals an eval query, shares a "
+                                          "decontam_ngram-word n-gram with one, or (when the "
+                                          "embedding step runs) paraphrases one with the same "
+                                          "answer at cosine >= embed_decontam_threshold."),
+            dg.AssetCheckSpec("duplicate_rate", asset="query_corpus",
+                              description="At most max_duplicate_rate of the training queries "
+                                          "repeat an earlier one (normalized text, or an "
+                                          "embedding paraphrase)."),
+            dg.AssetCheckSpec("removal_share", asset="query_corpus",
+                              description="No curation step removed more than "
+                                          "warn_removed_share of the rows it was given."),
             dg.AssetCheckSpec("has_train_and_eval", asset="query_corpus",
                               description="Both splits are non-empty."),
         ],
         description="Queries from the generator and/or files: normalized, stable query_id, "
-                    "exact-deduplicated, eval split held out and decontaminated. Bad rows go to "
-                    "the `quarantine` table with file, line, field and reason.",
+                    "quality-filtered (length, charset, scripts, language, gradeable answer), "
+                    "exact- and near-deduplicated (MinHash, embeddings), eval split held out "
+                    "and decontaminated (n-grams, MinHash, embeddings). Removed rows go to the "
+                    "`quarantine` table with file, line, field, reason and the row they "
+                    "matched.",
     )
     def query_corpus(context: dg.AssetExecutionContext, project: ProjectResource,
                      store: StoreResource):
@@ -56,10 +69,13 @@ def build(project: ProjectConfig) -> list:
         train = queries.filter(pl.col("split") == "train")
         evals = queries.filter(pl.col("split") == "eval")
 
-        eval_keys = {dedup_key(p) for p in evals["prompt"]}
-        eval_grams = set().union(*(_grams(p, cfg.corpus.decontam_ngram) for p in evals["prompt"]))
-        leaks = [q for q, p in zip(train["query_id"], train["prompt"], strict=True)
-                 if dedup_key(p) in eval_keys or _grams(p, cfg.corpus.decontam_ngram) & eval_grams]
+        c = cfg.corpus
+        leaks = eval_leaks(queries, c.decontam_ngram, result.embeddings,
+                           c.embed_decontam_threshold)
+        dup_share, dup_count = duplicate_rate(queries, result.embeddings, c.embed_dedup_threshold)
+        shares = removal_shares(result.step_rows)
+        heavy = {step: share for step, share in shares.items() if share > c.warn_removed_share}
+        examples = removal_examples(result.quarantine)
         reasons = (result.quarantine.group_by("reason").len().sort("len", descending=True)
                    if result.quarantine.height else None)
         for row in (result.quarantine.head(20).iter_rows(named=True)
@@ -78,6 +94,9 @@ def build(project: ProjectConfig) -> list:
                                              "reference_answer"]),
                 "quarantine_preview": preview(result.quarantine, ["source_file", "line", "field",
                                                                   "reason"], rows=10),
+                "removal_examples": preview(examples, list(examples.columns),
+                                            rows=examples.height, width=120),
+                **{f"removed_share_{k}": round(v, 4) for k, v in shares.items()},
                 "quarantine_reasons": dg.MetadataValue.md(
                     "\n".join(f"- {r['reason'][:100]}: {r['len']}"
                               for r in reasons.head(10).iter_rows(named=True))
@@ -88,7 +107,23 @@ def build(project: ProjectConfig) -> list:
             check_results=[
                 dg.AssetCheckResult(check_name="no_eval_leakage", passed=not leaks,
                                     metadata={"leaked_queries": len(leaks),
-                                              "examples": str(leaks[:5])}),
+                                              "examples": "; ".join(
+                                                  f"{k.query_id} ~ eval {k.eval_query_id} "
+                                                  f"({k.how})" for k in leaks[:5]) or "none"}),
+                dg.AssetCheckResult(check_name="duplicate_rate",
+                                    passed=dup_share <= c.max_duplicate_rate,
+                                    severity=dg.AssetCheckSeverity.WARN,
+                                    metadata={"duplicate_rate": round(dup_share, 6),
+                                              "duplicates": dup_count,
+                                              "max_duplicate_rate": c.max_duplicate_rate}),
+                dg.AssetCheckResult(check_name="removal_share", passed=not heavy,
+                                    severity=dg.AssetCheckSeverity.WARN,
+                                    metadata={**{f"removed_share_{k}": round(v, 4)
+                                                 for k, v in shares.items()},
+                                              "over_limit": ", ".join(
+                                                  f"{k} removed {v:.0%}" for k, v in heavy.items())
+                                              or "none",
+                                              "warn_removed_share": c.warn_removed_share}),
                 dg.AssetCheckResult(check_name="has_train_and_eval",
                                     passed=train.height > 0 and evals.height > 0,
                                     severity=dg.AssetCheckSeverity.WARN,

@@ -34,6 +34,7 @@ DEFAULT_FIELDS: dict[str, str | None] = {
     "difficulty": None,
 }
 GENERATOR_LEVELS = (1, 2, 3)
+ANSWER_CHECKS = ("verifiable", "present")
 
 
 class ConfigError(BaseConfigError):
@@ -329,6 +330,39 @@ class CorpusConfig:
         metadata={"help": "Set aside a training query this similar to an earlier training query "
                           "with the same answer; None: off."})
     embed_batch_size: int = field(default=64, metadata={"help": "Sentences per encode batch."})
+    charset_check: bool = field(
+        default=True,
+        metadata={"help": "Quarantine prompts with control, replacement (U+FFFD) or private-use "
+                          "characters, or UTF-8 read as Latin-1 ('Ã©')."})
+    mixed_script_check: bool = field(
+        default=True,
+        metadata={"help": "Quarantine prompts with a word mixing scripts ('Tоm' with a "
+                          "Cyrillic о): homoglyphs or encoding accidents. Greek letters inside "
+                          "Latin words ('πr') are allowed."})
+    scripts: list[str] | None = field(
+        default=None,
+        metadata={"help": "Scripts the prompts' letters may use, e.g. [Latin, Greek] (Unicode "
+                          "script names; Han covers kanji and kana); None: any."})
+    languages: list[str] | None = field(
+        default=None,
+        metadata={"help": "ISO 639-1 codes the prompts must be written in, e.g. [en], detected "
+                          "with py3langid (short prompts are sometimes misread: check the "
+                          "quarantine before trusting it); None: no check."})
+    answer_check: str = field(
+        default="verifiable",
+        metadata={"help": "'verifiable': quarantine a reference answer the verifier cannot "
+                          "grade (a response stating it would not be read as correct); "
+                          "'present': only require a non-empty answer (the loader's check)."})
+    max_duplicate_rate: float = field(
+        default=0.01,
+        metadata={"help": "query_corpus's duplicate_rate check fails (a warning) when more than "
+                          "this share of training queries repeat an earlier one (same "
+                          "normalized text, or an embedding paraphrase when that step runs)."})
+    warn_removed_share: float = field(
+        default=0.5,
+        metadata={"help": "query_corpus's removal_share check warns when one curation step "
+                          "removes more than this share of the rows it was given (a wrong "
+                          "field mapping or threshold usually shows up here first)."})
     max_prompt_chars: int = field(
         default=4000, metadata={"help": "Prompts longer than this are quarantined."}
     )
@@ -384,6 +418,25 @@ class CorpusConfig:
         _check_int(owner, "embed_batch_size", self.embed_batch_size, minimum=1)
         if not isinstance(self.embed_model, str) or not self.embed_model:
             raise ConfigError(f"{owner}.embed_model", "must name an embedding model")
+        for name in ("charset_check", "mixed_script_check"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{owner}.{name}", f"must be true or false, got "
+                                  f"{getattr(self, name)!r}")
+        for name in ("scripts", "languages"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, list | tuple) or not value or not all(
+                    isinstance(v, str) and v for v in value)):
+                raise ConfigError(f"{owner}.{name}", f"must be a non-empty list of names or "
+                                  f"null, got {value!r}")
+        if self.languages is not None:
+            self.languages = [v.lower() for v in self.languages]
+        if self.answer_check not in ANSWER_CHECKS:
+            raise ConfigError(f"{owner}.answer_check", f"must be one of {ANSWER_CHECKS}, got "
+                              f"{self.answer_check!r}")
+        for name in ("max_duplicate_rate", "warn_removed_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                raise ConfigError(f"{owner}.{name}", f"must be a number in [0, 1], got {value!r}")
         _check_int(owner, "max_prompt_chars", self.max_prompt_chars, minimum=1)
         _check_int(owner, "min_prompt_chars", self.min_prompt_chars, minimum=0)
         if self.min_prompt_chars > self.max_prompt_chars:

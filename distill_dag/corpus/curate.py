@@ -7,11 +7,13 @@ import re
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from distill_dag.corpus.config import CorpusConfig
@@ -40,6 +42,10 @@ QUARANTINE_SCHEMA: dict[str, Any] = {
     "reason": pl.String,
     "raw": pl.String,
     "stage": pl.String,
+    # The row a duplicate or contamination removal matched (kept, or in the eval set) and how
+    # close it was (1.0 for exact and n-gram matches); null for rows removed on their own.
+    "matched_query_id": pl.String,
+    "similarity": pl.Float64,
 }
 _WORD = re.compile(r"[^\W_]+")  # Unicode letters and digits; numbers are words too
 
@@ -57,6 +63,11 @@ class CorpusResult:
     stats: dict[str, int]
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each step
+    # Rows entering and leaving each filtering step, in order (for removal shares).
+    step_rows: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # The embeddings of the kept queries by query_id (None when the embedding step is off), so
+    # the leakage and duplicate checks can search the final table without encoding it again.
+    embeddings: dict[str, np.ndarray] | None = None
 
 
 def normalize_text(s: str) -> str:
@@ -125,30 +136,68 @@ def _where(row: dict) -> str:
     return f"{row.get('source_file') or row['source']}:{row.get('source_line')}"
 
 
-def _setaside(row: dict, field: str | None, reason: str, stage: str) -> dict:
+def _setaside(row: dict, field: str | None, reason: str, stage: str,
+              matched: str | None = None, similarity: float | None = None) -> dict:
     record = quarantine_record(
         row.get("source_file"), row.get("source_line"), field, reason, row["prompt"]
     )
-    record["stage"] = stage
+    record.update(stage=stage, matched_query_id=matched, similarity=similarity)
     return record
 
 
-def _clean(rows: list[dict], cfg: CorpusConfig, out: list[dict]) -> list[dict]:
+def _quality_checks(cfg: CorpusConfig) -> list[tuple[str, str, Callable[[dict], str | None]]]:
+    """(stat name, field, check) for each enabled quality filter, cheapest first."""
+    from distill_dag.corpus import quality
+
+    checks: list[tuple[str, str, Callable[[dict], str | None]]] = []
+    if cfg.charset_check:
+        checks.append(("broken_chars_removed", "prompt",
+                       lambda r: quality.broken_characters(r["prompt"])))
+    if cfg.mixed_script_check:
+        checks.append(("mixed_script_removed", "prompt",
+                       lambda r: quality.mixed_script_word(r["prompt"])))
+    if cfg.scripts:
+        allowed = list(cfg.scripts)
+        checks.append(("script_removed", "prompt",
+                       lambda r: quality.disallowed_script(r["prompt"], allowed)))
+    if cfg.languages:
+        languages = list(cfg.languages)
+        checks.append(("language_removed", "prompt",
+                       lambda r: quality.wrong_language(r["prompt"], languages)))
+    if cfg.answer_check == "verifiable":
+        checks.append(("ungradeable_answer_removed", "reference_answer",
+                       lambda r: quality.ungradeable_answer(r["reference_answer"])))
+    return checks
+
+
+def _clean(rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Counter) -> list[dict]:
     kept = []
+    checks = _quality_checks(cfg)
     for row in rows:
         row = {**row, "prompt": clean_prompt(row["prompt"])}
         norm = normalize_text(row["prompt"])
         if not norm:
             out.append(_setaside(row, "prompt", "empty prompt after normalization", "clean"))
-        elif len(row["prompt"]) > cfg.max_prompt_chars:
+            stats["length_removed"] += 1
+            continue
+        if len(row["prompt"]) > cfg.max_prompt_chars:
             size, limit = len(row["prompt"]), cfg.max_prompt_chars
-            reason = f"prompt too long: {size} chars > max_prompt_chars={limit}"
+            out.append(_setaside(row, "prompt", f"prompt too long: {size} chars > "
+                                                f"max_prompt_chars={limit}", "clean"))
+            stats["length_removed"] += 1
+            continue
+        if len(norm) < cfg.min_prompt_chars:
+            limit = cfg.min_prompt_chars
+            reason = f"prompt too short: {len(norm)} chars < min_prompt_chars={limit}"
             out.append(_setaside(row, "prompt", reason, "clean"))
-        elif len(norm) < cfg.min_prompt_chars:
-            reason = (
-                f"prompt too short: {len(norm)} chars < min_prompt_chars={cfg.min_prompt_chars}"
-            )
-            out.append(_setaside(row, "prompt", reason, "clean"))
+            stats["length_removed"] += 1
+            continue
+        for stat, field_name, check in checks:
+            reason = check(row)
+            if reason is not None:
+                out.append(_setaside(row, field_name, reason, "quality"))
+                stats[stat] += 1
+                break
         else:
             row["query_id"] = make_query_id(row["prompt"])
             row["_key"] = dedup_key(row["prompt"])
@@ -168,7 +217,7 @@ def _dedup(rows: list[dict], out: list[dict], stats: Counter) -> list[dict]:
             more = f" and {len(group) - 5} more" if len(group) > 5 else ""
             for r in group:
                 reason = f"conflicting answers for query {qid}: {listing}{more}"
-                out.append(_setaside(r, "reference_answer", reason, "dedup"))
+                out.append(_setaside(r, "reference_answer", reason, "dedup", qid))
             stats["conflicts"] += len(group)
             continue
         # An eval copy wins: keeping the train copy would leak the eval query into training.
@@ -177,7 +226,7 @@ def _dedup(rows: list[dict], out: list[dict], stats: Counter) -> list[dict]:
         for r in group:
             if r is not keep:
                 reason = f"duplicate of query {qid} ({_where(keep)})"
-                out.append(_setaside(r, "prompt", reason, "dedup"))
+                out.append(_setaside(r, "prompt", reason, "dedup", qid, 1.0))
                 stats["duplicates_removed"] += 1
     return kept
 
@@ -234,20 +283,22 @@ def _decontaminate(rows: list[dict], n: int, out: list[dict], stats: Counter) ->
         if row["split"] != "train":
             kept.append(row)
             continue
-        reason = None
+        reason = matched = None
         if row["_key"] in eval_keys:
-            reason = f"eval contamination: same text as eval query {eval_keys[row['_key']]}"
+            matched = eval_keys[row["_key"]]
+            reason = f"eval contamination: same text as eval query {matched}"
         else:
             for gram in sorted(ngrams(word_tokens(row["prompt"]), n)):
                 if gram in index:
                     what = f"{n}-gram" if len(gram) == n else "whole text"
                     shared, other = " ".join(gram), index[gram]
                     reason = f"eval contamination: shares {what} '{shared}' with eval query {other}"
+                    matched = other
                     break
         if reason is None:
             kept.append(row)
         else:
-            out.append(_setaside(row, "prompt", reason, "decontam"))
+            out.append(_setaside(row, "prompt", reason, "decontam", matched, 1.0))
             stats["contaminated_removed"] += 1
     return kept
 
@@ -274,21 +325,24 @@ def _near_dedup(rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Cou
                 f"{dup.similarity:.2f}")
         if match["split"] == "eval":
             out.append(_setaside(row, "prompt", f"eval contamination: near-duplicate of eval "
-                                                f"{what}", "decontam"))
+                                                f"{what}", "decontam", match["query_id"],
+                                 dup.similarity))
             stats["near_dup_contaminated_removed"] += 1
         else:
-            out.append(_setaside(row, "prompt", f"near-duplicate of {what}", "near_dedup"))
+            out.append(_setaside(row, "prompt", f"near-duplicate of {what}", "near_dedup",
+                                 match["query_id"], dup.similarity))
             stats["near_duplicates_removed"] += 1
     return [r for r in rows if id(r) not in removed]
 
 
 def _semantic(rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Counter,
-              warnings: list[str]) -> list[dict]:
+              warnings: list[str]) -> tuple[list[dict], np.ndarray | None]:
     """Embedding similarity (semantic.py): training queries that paraphrase an eval query
-    (contamination), then training queries that paraphrase an earlier one; same answer only."""
+    (contamination), then training queries that paraphrase an earlier one; same answer only.
+    Returns the kept rows and their embeddings (None when the step is off)."""
     if (cfg.embed_decontam_threshold is None and cfg.embed_dedup_threshold is None) or not any(
             r["split"] == "train" for r in rows):
-        return rows  # nothing to compare (an empty corpus fails later, with its reasons)
+        return rows, None  # nothing to compare (an empty corpus fails later, with its reasons)
     from distill_dag.corpus.semantic import earlier_duplicates, embed, load_embedder, matches_in
 
     model = load_embedder(cfg.embed_model)
@@ -309,7 +363,8 @@ def _semantic(rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Count
             row, match = rows[train[m.index]], rows[evals[m.of]]
             out.append(_setaside(row, "prompt", f"eval contamination: paraphrase of eval query "
                                  f"{match['query_id']} ({_where(match)}), cosine "
-                                 f"{m.similarity:.3f}", "decontam"))
+                                 f"{m.similarity:.3f}", "decontam", match["query_id"],
+                                 m.similarity))
             removed.add(train[m.index])
             stats["semantic_contaminated_removed"] += 1
     if cfg.embed_dedup_threshold is not None:
@@ -319,10 +374,11 @@ def _semantic(rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Count
             row, match = rows[left[m.index]], rows[left[m.of]]
             out.append(_setaside(row, "prompt", f"paraphrase of query {match['query_id']} "
                                  f"({_where(match)}), cosine {m.similarity:.3f}",
-                                 "semantic_dedup"))
+                                 "semantic_dedup", match["query_id"], m.similarity))
             removed.add(left[m.index])
             stats["semantic_duplicates_removed"] += 1
-    return [r for i, r in enumerate(rows) if i not in removed]
+    kept = [i for i in range(len(rows)) if i not in removed]
+    return [rows[i] for i in kept], vectors[kept]
 
 
 def _reason_pattern(reason: str) -> str:
@@ -404,11 +460,15 @@ def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> Cor
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
 
-    def lap(step: str) -> None:
+    step_rows: dict[str, tuple[int, int]] = {}
+
+    def lap(step: str, before: int | None = None) -> None:
         nonlocal clock
         now = time.perf_counter()
         seconds[step] = now - clock
         clock = now
+        if before is not None:
+            step_rows[step] = (before, len(rows))
 
     gen = cfg.effective_generator()
     if gen is not None:
@@ -417,18 +477,24 @@ def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> Cor
         stats["rows_read"] += gen.n
     _load_sources(cfg, previous, rows, setaside, stats, warnings)
     lap("load")
-    rows = _clean(rows, cfg, setaside)
-    lap("clean")
+    before = len(rows)
+    rows = _clean(rows, cfg, setaside, stats)
+    lap("clean", before)
+    before = len(rows)
     rows = _dedup(rows, setaside, stats)
-    lap("exact_dedup")
+    lap("exact_dedup", before)
+    before = len(rows)
     rows = _assign_splits(rows, cfg, setaside, stats)
-    lap("split")
+    lap("split", before)
+    before = len(rows)
     rows = _decontaminate(rows, cfg.decontam_ngram, setaside, stats)
-    lap("ngram_decontam")
+    lap("ngram_decontam", before)
+    before = len(rows)
     rows = _near_dedup(rows, cfg, setaside, stats)
-    lap("near_dedup")
-    rows = _semantic(rows, cfg, setaside, stats, warnings)
-    lap("embedding_dedup_decontam")
+    lap("near_dedup", before)
+    before = len(rows)
+    rows, vectors = _semantic(rows, cfg, setaside, stats, warnings)
+    lap("embedding_dedup_decontam", before)
 
     queries = pl.DataFrame(
         [{col: r.get(col) for col in QUERY_SCHEMA} for r in rows], schema=QUERY_SCHEMA
@@ -440,6 +506,12 @@ def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> Cor
         key: int(stats[key])
         for key in (
             "rows_read",
+            "length_removed",
+            "broken_chars_removed",
+            "mixed_script_removed",
+            "script_removed",
+            "language_removed",
+            "ungradeable_answer_removed",
             "duplicates_removed",
             "conflicts",
             "contaminated_removed",
@@ -458,5 +530,8 @@ def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> Cor
     if result_stats["train"] == 0:
         raise EmptyCorpusError(_empty_message(result_stats, setaside))
     lap("tables")
+    embeddings = None if vectors is None else {
+        r["query_id"]: vectors[i] for i, r in enumerate(rows)}
     return CorpusResult(queries=queries, quarantine=quarantine, stats=result_stats,
-                        warnings=warnings, seconds=seconds)
+                        warnings=warnings, seconds=seconds, step_rows=step_rows,
+                        embeddings=embeddings)
