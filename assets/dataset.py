@@ -8,10 +8,11 @@ import shutil
 import dagster as dg
 import polars as pl
 
-from assets._common import preview, retry_policy, stale_or_updated
+from assets._common import fail, preview, retry_policy, stale_or_updated
 from distill_dag.config import ProjectConfig
+from distill_dag.difficulty import student_pass_rates
 from distill_dag.filtering import dataset_jsonl, filter_dataset
-from distill_dag.models import load_model
+from distill_dag.models import ModelResolutionError, load_model
 from distill_dag.training.data import TrainingDataError, check_record
 from resources import ProjectResource, RuntimeResource, StoreResource
 
@@ -60,20 +61,29 @@ def build(project: ProjectConfig) -> list:
         deps=["teacher_selection", "teacher_outputs", "provenance_scores"],
         code_version=f"{STAGE_VERSION}+{project.section_hash('filtering', 'student')}",
         kinds={"duckdb", "parquet"},
+        # The difficulty band runs the student: then this step needs a GPU slot like eval.
+        **({"pool": "gpu", "op_tags": project.orchestration.gpu_op_tags()}
+           if project.filtering.difficulty.enabled else {}),
         check_specs=[
             dg.AssetCheckSpec("not_empty", asset="filtered_dataset", blocking=True,
                               description="At least one training record."),
             dg.AssetCheckSpec("no_eval_queries", asset="filtered_dataset", blocking=True,
                               description="No record comes from an eval query."),
+            dg.AssetCheckSpec("removal_share", asset="filtered_dataset",
+                              description="The difficulty band and the concise filter each "
+                                          "removed at most filtering.warn_removed_share of what "
+                                          "they were given."),
             dg.AssetCheckSpec("chat_schema", asset="filtered_dataset", blocking=True,
                               description="Every record ends with a user turn and a non-empty "
                                           "assistant turn, and the student's chat template "
                                           "renders both (in that order)."),
         ],
-        description="Correct samples of the chosen teacher(s), best-of-N per query by "
-                    "Teacher-sentence count, length bounds and a budget; chat `messages` "
-                    "records (JSONL + Parquet) in the student's zero-shot format. Incorrect "
-                    "samples go to the `negatives` table.",
+        description="Correct samples of the chosen teacher(s): optionally only queries in "
+                    "the base student's pass-rate band and concise traces; best-of-N per query "
+                    "by Teacher-sentence count (optionally filled with the most diverse), "
+                    "length bounds and a budget; chat `messages` records (JSONL + Parquet) in "
+                    "the student's zero-shot format. Incorrect samples go to the `negatives` "
+                    "table.",
     )
     def filtered_dataset(context: dg.AssetExecutionContext, project: ProjectResource,
                          store: StoreResource, runtime: RuntimeResource):
@@ -96,7 +106,33 @@ def build(project: ProjectConfig) -> list:
             context.log.warning(f"{unscored} samples of {chosen} have no provenance scores yet "
                                 "and are left out; materialize provenance_scores first")
         samples = samples.filter(pl.col("n_sentences").is_not_null())
-        result = filter_dataset(samples, queries, chosen, cfg.filtering, cfg.student.prompt)
+        difficulty = cfg.filtering.difficulty
+        pass_rates = None
+        difficulty_meta: dict = {}
+        if difficulty.enabled:
+            train = queries.filter(pl.col("split") == "train")
+            try:
+                rates = student_pass_rates(cfg.student, difficulty, train, db, runtime.device,
+                                           runtime.dtype, runtime.show_progress)
+            except ModelResolutionError as exc:
+                raise fail(f"filtered_dataset: student.model: {exc}") from exc
+            pass_rates = rates.per_query
+            db.write_table("student_difficulty", pass_rates)
+            context.log.info(f"difficulty: the base student answered {train.height} queries "
+                             f"x {difficulty.num_samples} ({rates.generated} generated now, "
+                             f"{rates.seconds:.1f} s); mean pass rate "
+                             f"{pass_rates['student_pass_rate'].mean():.3f}")
+            difficulty_meta = {
+                "student_pass_rate_mean": round(float(pass_rates["student_pass_rate"].mean()
+                                                      or 0), 4),
+                "student_solved_share": round(float(
+                    (pass_rates["student_pass_rate"] > difficulty.max_pass_rate).mean() or 0), 4),
+                "difficulty_generated_now": rates.generated,
+            }
+        result = filter_dataset(samples, queries, chosen, cfg.filtering, cfg.student.prompt,
+                                pass_rates)
+        heavy = {k: v for k, v in result.removed_shares.items()
+                 if v > cfg.filtering.warn_removed_share}
         if unscored:
             result.removed["no_provenance"] = unscored
         data = result.dataset
@@ -118,6 +154,8 @@ def build(project: ProjectConfig) -> list:
                 "mean_completion_tokens": round(float(data["completion_tokens"].mean() or 0), 1)
                 if data.height else 0.0,
                 **{f"removed/{k}": v for k, v in result.removed.items()},
+                **{f"removed_share/{k}": round(v, 4) for k, v in result.removed_shares.items()},
+                **difficulty_meta,
                 "jsonl_path": dg.MetadataValue.path(jsonl),
                 "jsonl_sha256": digest,
                 "preview": preview(data, ["query_id", "teacher", "n_teacher", "response"]),
@@ -128,6 +166,15 @@ def build(project: ProjectConfig) -> list:
                                     metadata={"rows": data.height, **result.removed}),
                 dg.AssetCheckResult(check_name="no_eval_queries", passed=leaked == 0,
                                     metadata={"eval_records": leaked}),
+                dg.AssetCheckResult(check_name="removal_share", passed=not heavy,
+                                    severity=dg.AssetCheckSeverity.WARN,
+                                    metadata={**{k: round(v, 4)
+                                                 for k, v in result.removed_shares.items()},
+                                              "over_limit": ", ".join(
+                                                  f"{k} removed {v:.0%}" for k, v in heavy.items())
+                                              or "none",
+                                              "warn_removed_share":
+                                                  cfg.filtering.warn_removed_share}),
                 dg.AssetCheckResult(check_name="chat_schema", passed=not template_problems,
                                     metadata={"bad_records": len(template_problems),
                                               "examples": "; ".join(template_problems[:5])}),

@@ -3,6 +3,11 @@
 Per query, among the correct candidate responses, keep the one with the most Teacher sentences
 (absolute count, the seed paper's best selection rule: 58.7 avg vs 56.4 by Teacher ratio and 57.9
 by length). Ties go to the shorter response, then to the request key, so the choice is stable.
+Sample-level curation can narrow the candidates first: a difficulty band from the base student's
+own pass rate (difficulty.py), and a preference for concise traces (a response more than
+`concise_ratio` times longer than the query's shortest correct one is dropped, as the
+difficulty-aware pruning study suggests). With per_query > 1, `diversity` fills the remaining
+slots with the most mutually distant responses (diversity.py) instead of the next best ranked.
 The result is written as chat ``messages`` records in the student's zero-shot prompt format,
 which TRL's SFTTrainer and transformers' chat templates take directly. Incorrect samples are
 kept in their own table (negatives for a later contrastive stage such as REDI).
@@ -15,7 +20,9 @@ from typing import Any
 
 import polars as pl
 
-from distill_dag.configbase import ConfigError, build_config
+from distill_dag.configbase import ConfigError, build_config, check_keys
+from distill_dag.difficulty import DifficultyConfig, in_band
+from distill_dag.diversity import DIVERSITY_METRICS
 from distill_dag.generation.config import PromptConfig
 
 SELECTION_RULES = ("teacher_count", "teacher_fraction", "shortest", "random")
@@ -32,6 +39,21 @@ class FilterConfig:
     drop_truncated: bool = True  # drop responses that hit max_new_tokens (finish_reason length)
     budget: int | None = None  # at most this many training records (None: no cap)
     seed: int = 0  # only used by selection "random" and to subsample under a budget
+    # The base student's pass rate per query and the band of queries kept (off by default:
+    # it costs k student generations per training query). See difficulty.py.
+    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
+    # Drop a correct response more than this many times longer (completion tokens) than the
+    # query's shortest correct one; None keeps every length. 1.5-2 prunes rambling traces.
+    concise_ratio: float | None = None
+    # How slots 2..per_query are filled: "none" (the next best by `selection`), "edit" or
+    # "embedding" (the most mutually distant responses, see diversity.py).
+    diversity: str = "none"
+    # Never keep two responses of a query closer than this (0-1 edit distance, 0-2 cosine).
+    min_diversity_distance: float = 0.0
+    diversity_embed_model: str = "pkg:all-minilm-l6-v2"  # for diversity "embedding"
+    # filtered_dataset's removal_share check warns when the difficulty band or the concise
+    # filter removes more than this share of what it was given.
+    warn_removed_share: float = 0.8
 
     def __post_init__(self) -> None:
         if self.selection not in SELECTION_RULES:
@@ -45,9 +67,30 @@ class FilterConfig:
                               f"{self.max_completion_tokens}")
         if self.budget is not None and self.budget < 1:
             raise ConfigError(f"filtering.budget must be >= 1 or null, got {self.budget}")
+        if not isinstance(self.difficulty, DifficultyConfig):
+            raise ConfigError(f"filtering.difficulty must be a mapping, got {self.difficulty!r}")
+        ratio = self.concise_ratio
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, int | float)
+                                  or ratio < 1):
+            raise ConfigError(f"filtering.concise_ratio must be a number >= 1 or null, got "
+                              f"{ratio!r}")
+        if self.diversity not in DIVERSITY_METRICS:
+            raise ConfigError(f"filtering.diversity must be one of {DIVERSITY_METRICS}, got "
+                              f"{self.diversity!r}")
+        for name, high in (("min_diversity_distance", 2.0), ("warn_removed_share", 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    0 <= value <= high):
+                raise ConfigError(f"filtering.{name} must be a number in [0, {high}], got "
+                                  f"{value!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "filtering") -> FilterConfig:
+        check_keys(cls, data, where)
+        data = dict(data)
+        if isinstance(data.get("difficulty"), dict):
+            data["difficulty"] = build_config(DifficultyConfig, data["difficulty"],
+                                              f"{where}.difficulty")
         return build_config(cls, data, where)
 
 
@@ -56,6 +99,9 @@ class FilterResult:
     dataset: pl.DataFrame  # the training records (with provenance columns and `messages`)
     negatives: pl.DataFrame  # incorrect samples of the chosen teachers
     removed: dict[str, int] = field(default_factory=dict)  # reason -> rows removed
+    # Share of its input each curation filter removed: "difficulty" (of the queries with
+    # samples), "concise" (of the correct samples), for the removal_share check.
+    removed_shares: dict[str, float] = field(default_factory=dict)
 
 
 def _messages(student_prompt: PromptConfig, query: str, response: str) -> list[dict[str, str]]:
@@ -84,16 +130,45 @@ def _rank_expr(selection: str) -> list[pl.Expr]:
     return [pl.col("_seeded")]
 
 
+def _diverse_heads(ranked: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
+    """Per query (rows in rank order): the best ranked, then the most mutually distant."""
+    from distill_dag.diversity import edit_distances, embedding_distances, farthest_first
+
+    texts = ranked["response"].to_list()
+    vectors = None
+    if cfg.diversity == "embedding" and texts:
+        from distill_dag.corpus.semantic import embed, load_embedder
+
+        vectors = embed(load_embedder(cfg.diversity_embed_model), texts).vectors
+    keep: list[int] = []
+    offset = 0
+    for size in ranked.group_by("query_id", maintain_order=True).len()["len"]:
+        rows = range(offset, offset + size)
+        if size <= 1:
+            keep.extend(rows)
+        else:
+            distances = (embedding_distances(vectors[offset:offset + size]) if vectors is not None
+                         else edit_distances(texts[offset:offset + size]))
+            keep.extend(offset + i for i in farthest_first(distances, cfg.per_query,
+                                                           cfg.min_diversity_distance))
+        offset += size
+    return ranked[keep]
+
+
 def filter_dataset(
     samples: pl.DataFrame,
     queries: pl.DataFrame,
     chosen_teachers: list[str],
     cfg: FilterConfig,
     student_prompt: PromptConfig,
+    pass_rates: pl.DataFrame | None = None,
 ) -> FilterResult:
     """`samples`: per-sample rows from provenance (teacher, query_id, correct, n_teacher, ...),
-    joined with the response text. Returns the training records and the negatives."""
+    joined with the response text. `pass_rates`: the base student's per-query pass rates
+    (difficulty.student_pass_rates) when the difficulty band is on. Returns the training
+    records and the negatives."""
     removed: dict[str, int] = {}
+    shares: dict[str, float] = {}
 
     def drop(frame: pl.DataFrame, keep: pl.Expr, reason: str) -> pl.DataFrame:
         kept = frame.filter(keep)
@@ -106,6 +181,19 @@ def filter_dataset(
     train_ids = queries.filter(pl.col("split") == "train")["query_id"].to_list()
     pool = drop(pool, pl.col("query_id").is_in(train_ids), "not_a_training_query")
     negatives = pool.filter(~pl.col("correct").fill_null(False))
+    if pass_rates is not None:
+        banded = in_band(pass_rates, cfg.difficulty).select(
+            "query_id", "student_pass_rate", "difficulty")
+        pool = pool.join(banded, on="query_id", how="left")
+        asked = pool.filter(pl.col("difficulty").is_not_null())["query_id"].n_unique()
+        easy = pool.filter(pl.col("difficulty") == "too_easy")["query_id"].n_unique()
+        hard = pool.filter(pl.col("difficulty") == "too_hard")["query_id"].n_unique()
+        if asked:
+            shares["difficulty"] = (easy + hard) / asked
+        # A query the student never answered (none, unless the store was edited) is kept.
+        band = pl.col("difficulty").fill_null("kept")
+        pool = drop(pool, band != "too_easy", "too_easy_for_student")
+        pool = drop(pool, band != "too_hard", "too_hard_for_student").drop("difficulty")
     pool = drop(pool, pl.col("correct").fill_null(False), "incorrect")
     pool = drop(pool, pl.col("response").str.strip_chars().str.len_chars() > 0, "empty_response")
     if cfg.drop_truncated:
@@ -113,10 +201,23 @@ def filter_dataset(
     pool = drop(pool, pl.col("completion_tokens").is_between(cfg.min_completion_tokens,
                                                            cfg.max_completion_tokens),
                 "length_bounds")
+    if cfg.concise_ratio is not None and pool.height:
+        before = pool.height
+        shortest = pl.col("completion_tokens").min().over("query_id")
+        pool = drop(pool, pl.col("completion_tokens") <= shortest * cfg.concise_ratio,
+                    "not_concise")
+        shares["concise"] = (before - pool.height) / before
     pool = pool.with_columns(_seeded_order(pool["request_key"], cfg.seed).alias("_seeded"))
     ranked = pool.sort(_rank_expr(cfg.selection))
-    best = ranked.group_by("query_id", maintain_order=True).head(cfg.per_query)
-    removed["not_best_of_n"] = ranked.height - best.height
+    if cfg.diversity != "none" and cfg.per_query > 1:
+        # group_by keeps rows in rank order within each query, and the queries in order of
+        # their first row: sort by query first so each query's rows are contiguous.
+        ranked = ranked.with_row_index("_rank").sort("query_id", "_rank").drop("_rank")
+        best = _diverse_heads(ranked, cfg)
+        removed["not_diverse_or_best"] = ranked.height - best.height
+    else:
+        best = ranked.group_by("query_id", maintain_order=True).head(cfg.per_query)
+        removed["not_best_of_n"] = ranked.height - best.height
     if cfg.budget is not None and best.height > cfg.budget:
         removed["over_budget"] = best.height - cfg.budget
         # Keep a seeded random subset rather than the head: the head is sorted by query_id.
@@ -130,7 +231,7 @@ def filter_dataset(
         pl.Series("messages", messages,
                   dtype=pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))),
     )
-    return FilterResult(dataset, negatives, {k: v for k, v in removed.items() if v})
+    return FilterResult(dataset, negatives, {k: v for k, v in removed.items() if v}, shares)
 
 
 def dataset_jsonl(dataset: pl.DataFrame) -> bytes:

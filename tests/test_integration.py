@@ -217,6 +217,42 @@ def test_data_versions_follow_content(tiny_run, tmp_path):
     assert record["messages"][0] == {"role": "system", "content": "Think, then answer."}
 
 
+def test_sample_curation_runs_the_student_once_and_reports_what_it_removed(tiny_run, tmp_path):
+    """The difficulty band (the base student's own pass rate), concise traces and diverse
+    picks, materialized on the tiny run's store: the student's answers are generated once."""
+    import yaml
+
+    home = tiny_run[0]
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["filtering"].update(
+        difficulty={"num_samples": 2, "max_new_tokens": 16, "max_pass_rate": 0.0},
+        concise_ratio=1.5, per_query=2, diversity="edit")
+    edited = tmp_path / "curated.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    defs = build_definitions(edited, home=str(home), device="cpu", show_progress=False)
+    runs = []
+    with dg.instance_for_test() as instance:
+        for _ in range(2):
+            runs.append(dg.materialize(list(defs.assets), selection=["filtered_dataset"],
+                                       instance=instance, resources=defs.resources))
+    metas = [r.get_asset_materialization_events()[0].materialization.metadata for r in runs]
+    store = Store(Path(home) / "store")
+    train = store.read_table("queries").filter(pl.col("split") == "train")
+    difficulty = store.read_table("student_difficulty")
+    assert difficulty.height == train.height and set(difficulty["student_samples"]) == {2}
+    assert metas[0]["difficulty_generated_now"].value == 2 * train.height
+    assert metas[1]["difficulty_generated_now"].value == 0
+    dataset = store.read_table("filtered_dataset")
+    solved = set(difficulty.filter(pl.col("student_pass_rate") > 0)["query_id"])
+    assert not solved & set(dataset["query_id"])  # max_pass_rate 0: only unsolved queries
+    easy = metas[0].get("removed/too_easy_for_student")
+    assert (easy.value if easy else 0) >= (1 if solved else 0)
+    assert "removed_share/concise" in metas[0]
+    assert dataset.group_by("query_id").len()["len"].max() <= 2
+    checks = {c.check_name: c for c in runs[0].get_asset_check_evaluations()}
+    assert "removal_share" in checks and checks["not_empty"].passed == (dataset.height > 0)
+
+
 def test_a_config_edited_after_loading_stops_the_run(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(TINY_CONFIG.read_text())

@@ -154,9 +154,10 @@ def teacher_change_notes(store: Store, configured: list[str]) -> list[str]:
     """Messages for teachers that left the config (renamed or removed) while their samples stay
     in the store, and for the new names generated from scratch alongside them."""
     root = store.chunk_dir(GENERATIONS, "")
-    # eval-* folders hold eval_report's generations, not a teacher's.
+    # eval-* folders hold eval_report's generations and student-* the difficulty filter's.
     stored = sorted(p.name for p in root.iterdir()
-                    if p.is_dir() and not p.name.startswith("eval-")) if root.is_dir() else []
+                    if p.is_dir() and not p.name.startswith(("eval-", "student-"))
+                    ) if root.is_dir() else []
     gone = [name for name in stored if name not in configured]
     notes = []
     for name in gone:
