@@ -8,7 +8,7 @@ import polars as pl
 
 from assets._common import content_version, fail, preview, retry_policy, stale_or_updated
 from distill_dag.config import ProjectConfig
-from distill_dag.corpus import EmptyCorpusError, build_corpus
+from distill_dag.corpus import ConfigError, EmptyCorpusError, build_corpus
 from distill_dag.corpus.checks import (
     duplicate_rate,
     eval_leaks,
@@ -36,8 +36,9 @@ def build(project: ProjectConfig) -> list:
                                           "answer at cosine >= embed_decontam_threshold."),
             dg.AssetCheckSpec("duplicate_rate", asset="query_corpus",
                               description="At most max_duplicate_rate of the training queries "
-                                          "repeat an earlier one (normalized text, or an "
-                                          "embedding paraphrase)."),
+                                          "have a duplicate among the others (normalized text; "
+                                          "an embedding paraphrase with the same answer, "
+                                          "estimated on a sample, when that step runs)."),
             dg.AssetCheckSpec("removal_share", asset="query_corpus",
                               description="No curation step removed more than "
                                           "warn_removed_share of the rows it was given."),
@@ -59,7 +60,7 @@ def build(project: ProjectConfig) -> list:
         previous = db.read_table("queries") if db.table_exists("queries") else None
         try:
             result = build_corpus(cfg.corpus, previous)
-        except (EmptyCorpusError, FileNotFoundError) as exc:
+        except (EmptyCorpusError, FileNotFoundError, ConfigError) as exc:
             raise fail(f"query_corpus: {exc}") from exc
         for warning in result.warnings:
             context.log.warning(warning)
@@ -72,7 +73,7 @@ def build(project: ProjectConfig) -> list:
         c = cfg.corpus
         leaks = eval_leaks(queries, c.decontam_ngram, result.embeddings,
                            c.embed_decontam_threshold)
-        dup_share, dup_count = duplicate_rate(queries, result.embeddings, c.embed_dedup_threshold)
+        duplicates = duplicate_rate(queries, result.embeddings, c.embed_dedup_threshold)
         shares = removal_shares(result.step_rows)
         heavy = {step: share for step, share in shares.items() if share > c.warn_removed_share}
         examples = removal_examples(result.quarantine)
@@ -111,10 +112,12 @@ def build(project: ProjectConfig) -> list:
                                                   f"{k.query_id} ~ eval {k.eval_query_id} "
                                                   f"({k.how})" for k in leaks[:5]) or "none"}),
                 dg.AssetCheckResult(check_name="duplicate_rate",
-                                    passed=dup_share <= c.max_duplicate_rate,
+                                    passed=duplicates.rate <= c.max_duplicate_rate,
                                     severity=dg.AssetCheckSeverity.WARN,
-                                    metadata={"duplicate_rate": round(dup_share, 6),
-                                              "duplicates": dup_count,
+                                    metadata={"duplicate_rate": round(duplicates.rate, 6),
+                                              "duplicates": duplicates.duplicates,
+                                              "checked": duplicates.checked,
+                                              "measured_by": duplicates.how,
                                               "max_duplicate_rate": c.max_duplicate_rate}),
                 dg.AssetCheckResult(check_name="removal_share", passed=not heavy,
                                     severity=dg.AssetCheckSeverity.WARN,

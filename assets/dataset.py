@@ -110,7 +110,10 @@ def build(project: ProjectConfig) -> list:
         pass_rates = None
         difficulty_meta: dict = {}
         if difficulty.enabled:
-            train = queries.filter(pl.col("split") == "train")
+            # Only queries a chosen teacher answered correctly can reach the dataset.
+            answered = samples.filter(pl.col("correct").fill_null(False))["query_id"].unique()
+            train = queries.filter((pl.col("split") == "train")
+                                   & pl.col("query_id").is_in(answered.implode()))
             try:
                 rates = student_pass_rates(cfg.student, difficulty, train, db, runtime.device,
                                            runtime.dtype, runtime.show_progress)
@@ -131,6 +134,8 @@ def build(project: ProjectConfig) -> list:
             }
         result = filter_dataset(samples, queries, chosen, cfg.filtering, cfg.student.prompt,
                                 pass_rates)
+        for warning in result.warnings:
+            context.log.warning(warning)
         heavy = {k: v for k, v in result.removed_shares.items()
                  if v > cfg.filtering.warn_removed_share}
         if unscored:

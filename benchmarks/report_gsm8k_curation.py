@@ -55,9 +55,10 @@ def main() -> None:
         print(f"      {row['query'][:110]!r}")
     leaks = eval_leaks(result.queries, cfg.decontam_ngram, result.embeddings,
                        cfg.embed_decontam_threshold)
-    share, count = duplicate_rate(result.queries, result.embeddings, cfg.embed_dedup_threshold)
+    dups = duplicate_rate(result.queries, result.embeddings, cfg.embed_dedup_threshold)
     print(f"\nchecks: no_eval_leakage {'passed' if not leaks else f'FAILED ({len(leaks)})'}; "
-          f"duplicate_rate {share:.4%} ({count}); removal_share max "
+          f"duplicate_rate {dups.rate:.4%} ({dups.duplicates} of {dups.checked:,} by "
+          f"{dups.how}); removal_share max "
           f"{max(shares.values()):.2%} (warns above {cfg.warn_removed_share:.0%})")
 
 

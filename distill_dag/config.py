@@ -27,6 +27,9 @@ from distill_dag.training.config import TrackingConfig, TrainingConfig
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 
+RESERVED_TEACHER_PREFIXES = ("eval-", "student-")
+
+
 @dataclass
 class ProjectConfig:
     """Everything a run of the DAG is about; see configs/default.yaml for a commented example."""
@@ -50,6 +53,12 @@ class ProjectConfig:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"{self.source}: teachers: duplicate teacher name(s) {duplicates}")
+        # Generations are stored by name; these prefixes hold eval_report's and the difficulty
+        # filter's own generations.
+        reserved = [n for n in names if n.startswith(RESERVED_TEACHER_PREFIXES)]
+        if reserved:
+            raise ConfigError(f"{self.source}: teachers: name(s) {reserved} start with a "
+                              f"reserved prefix {RESERVED_TEACHER_PREFIXES}; rename them")
 
     def teacher(self, name: str) -> TeacherConfig:
         for teacher in self.teachers:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from distill_dag.configbase import ConfigError, build_config, check_keys
@@ -42,8 +43,9 @@ class FilterConfig:
     # The base student's pass rate per query and the band of queries kept (off by default:
     # it costs k student generations per training query). See difficulty.py.
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
-    # Drop a correct response more than this many times longer (completion tokens) than the
-    # query's shortest correct one; None keeps every length. 1.5-2 prunes rambling traces.
+    # Drop a correct response more than this many times longer than the query's shortest
+    # correct one (in characters, so teachers with different tokenizers compare fairly); None
+    # keeps every length. 1.5-2 prunes rambling traces.
     concise_ratio: float | None = None
     # How slots 2..per_query are filled: "none" (the next best by `selection`), "edit" or
     # "embedding" (the most mutually distant responses, see diversity.py).
@@ -77,6 +79,15 @@ class FilterConfig:
         if self.diversity not in DIVERSITY_METRICS:
             raise ConfigError(f"filtering.diversity must be one of {DIVERSITY_METRICS}, got "
                               f"{self.diversity!r}")
+        if self.diversity != "none" and self.per_query < 2:
+            raise ConfigError(f"filtering.diversity {self.diversity!r} chooses among the "
+                              "responses kept per query: set per_query >= 2")
+        if self.min_diversity_distance and self.diversity == "none":
+            raise ConfigError("filtering.min_diversity_distance needs diversity edit or "
+                              "embedding")
+        if self.diversity == "edit" and self.min_diversity_distance > 1:
+            raise ConfigError("filtering.min_diversity_distance must be <= 1 with diversity "
+                              f"edit (normalized edit distance), got {self.min_diversity_distance}")
         for name, high in (("min_diversity_distance", 2.0), ("warn_removed_share", 1.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not (
@@ -102,6 +113,7 @@ class FilterResult:
     # Share of its input each curation filter removed: "difficulty" (of the queries with
     # samples), "concise" (of the correct samples), for the removal_share check.
     removed_shares: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. responses past the embedder window
 
 
 def _messages(student_prompt: PromptConfig, query: str, response: str) -> list[dict[str, str]]:
@@ -130,29 +142,39 @@ def _rank_expr(selection: str) -> list[pl.Expr]:
     return [pl.col("_seeded")]
 
 
-def _diverse_heads(ranked: pl.DataFrame, cfg: FilterConfig) -> pl.DataFrame:
-    """Per query (rows in rank order): the best ranked, then the most mutually distant."""
+def _diverse_heads(ranked: pl.DataFrame, cfg: FilterConfig, warnings: list[str]
+                   ) -> pl.DataFrame:
+    """Per query (rows contiguous, in rank order): the best ranked, then the most mutually
+    distant. Only queries with a choice to make are measured (and embedded)."""
     from distill_dag.diversity import edit_distances, embedding_distances, farthest_first
 
     texts = ranked["response"].to_list()
-    vectors = None
-    if cfg.diversity == "embedding" and texts:
+    sizes = ranked.group_by("query_id", maintain_order=True).len()["len"].to_list()
+    starts = np.cumsum([0, *sizes[:-1]]).tolist()
+    # With a distance floor even a query with per_query candidates or fewer has a choice.
+    floor = cfg.min_diversity_distance > 0
+    choose = [(start, size) for start, size in zip(starts, sizes, strict=True)
+              if size > cfg.per_query or (floor and size > 1)]
+    vectors: dict[int, np.ndarray] = {}
+    if cfg.diversity == "embedding" and choose:
         from distill_dag.corpus.semantic import embed, load_embedder
 
-        vectors = embed(load_embedder(cfg.diversity_embed_model), texts).vectors
-    keep: list[int] = []
-    offset = 0
-    for size in ranked.group_by("query_id", maintain_order=True).len()["len"]:
-        rows = range(offset, offset + size)
-        if size <= 1:
-            keep.extend(rows)
-        else:
-            distances = (embedding_distances(vectors[offset:offset + size]) if vectors is not None
-                         else edit_distances(texts[offset:offset + size]))
-            keep.extend(offset + i for i in farthest_first(distances, cfg.per_query,
-                                                           cfg.min_diversity_distance))
-        offset += size
-    return ranked[keep]
+        rows = [i for start, size in choose for i in range(start, start + size)]
+        embedded = embed(load_embedder(cfg.diversity_embed_model), [texts[i] for i in rows])
+        vectors = dict(zip(rows, embedded.vectors, strict=True))
+        if embedded.truncated:
+            warnings.append(f"diversity: {embedded.truncated} of {len(rows)} responses are "
+                            f"longer than the embedding model's {embedded.max_tokens}-token "
+                            "window; their distances reflect how they begin")
+    keep = set(range(ranked.height))
+    for start, size in choose:
+        group = range(start, start + size)
+        distances = (embedding_distances(np.stack([vectors[i] for i in group]))
+                     if cfg.diversity == "embedding" else edit_distances([texts[i] for i in group]))
+        chosen = {start + i for i in farthest_first(distances, cfg.per_query,
+                                                    cfg.min_diversity_distance)}
+        keep -= set(group) - chosen
+    return ranked[sorted(keep)]
 
 
 def filter_dataset(
@@ -169,6 +191,7 @@ def filter_dataset(
     records and the negatives."""
     removed: dict[str, int] = {}
     shares: dict[str, float] = {}
+    warnings: list[str] = []
 
     def drop(frame: pl.DataFrame, keep: pl.Expr, reason: str) -> pl.DataFrame:
         kept = frame.filter(keep)
@@ -203,8 +226,8 @@ def filter_dataset(
                 "length_bounds")
     if cfg.concise_ratio is not None and pool.height:
         before = pool.height
-        shortest = pl.col("completion_tokens").min().over("query_id")
-        pool = drop(pool, pl.col("completion_tokens") <= shortest * cfg.concise_ratio,
+        length = pl.col("response").str.len_chars()
+        pool = drop(pool, length <= length.min().over("query_id") * cfg.concise_ratio,
                     "not_concise")
         shares["concise"] = (before - pool.height) / before
     pool = pool.with_columns(_seeded_order(pool["request_key"], cfg.seed).alias("_seeded"))
@@ -213,7 +236,7 @@ def filter_dataset(
         # group_by keeps rows in rank order within each query, and the queries in order of
         # their first row: sort by query first so each query's rows are contiguous.
         ranked = ranked.with_row_index("_rank").sort("query_id", "_rank").drop("_rank")
-        best = _diverse_heads(ranked, cfg)
+        best = _diverse_heads(ranked, cfg, warnings)
         removed["not_diverse_or_best"] = ranked.height - best.height
     else:
         best = ranked.group_by("query_id", maintain_order=True).head(cfg.per_query)
@@ -231,7 +254,8 @@ def filter_dataset(
         pl.Series("messages", messages,
                   dtype=pl.List(pl.Struct({"role": pl.Utf8, "content": pl.Utf8}))),
     )
-    return FilterResult(dataset, negatives, {k: v for k, v in removed.items() if v}, shares)
+    return FilterResult(dataset, negatives, {k: v for k, v in removed.items() if v}, shares,
+                        warnings)
 
 
 def dataset_jsonl(dataset: pl.DataFrame) -> bytes:

@@ -129,6 +129,13 @@ def test_duplicate_teacher_names(tmp_path: Path) -> None:
     assert "teachers" in message and "duplicate" in message and "one" in message
 
 
+def test_reserved_teacher_name_prefixes(tmp_path: Path) -> None:
+    data = base()
+    data["teachers"][1]["name"] = "student-difficulty"  # the difficulty filter's own store
+    message = load_error(write(tmp_path, data))
+    assert "student-difficulty" in message and "reserved prefix" in message
+
+
 def test_bad_sampling_value(tmp_path: Path) -> None:
     data = base()
     data["teachers"][0]["sampling"]["temperature"] = -1

@@ -114,7 +114,8 @@ def test_gsm8k_train_against_its_test_split():
 
     assert eval_leaks(result.queries, cfg.decontam_ngram, result.embeddings,
                       cfg.embed_decontam_threshold) == []
-    assert duplicate_rate(result.queries, result.embeddings, cfg.embed_dedup_threshold)[0] == 0
+    assert duplicate_rate(result.queries, result.embeddings,
+                          cfg.embed_dedup_threshold).duplicates == 0
 
 
 # -- embedding similarity (the packaged all-MiniLM-L6-v2) ------------------------------------------

@@ -24,6 +24,7 @@ from distill_dag.corpus.quality import (
     script_of,
     ungradeable_answer,
 )
+from distill_dag.corpus.semantic import QueryVectors
 
 APPLES = "Tom has 5 apples and buys 7 more. How many apples does Tom have now?"
 PEARS = "Ann has 3 pears and eats 1. How many pears are left?"
@@ -54,11 +55,15 @@ def test_script_of_names_scripts_and_skips_what_has_none():
         "Latin", "Cyrillic", "Greek", "Han", "Han", "Hangul", None, None, None]
 
 
-def test_a_homoglyph_word_is_mixed_script_math_greek_and_japanese_are_not():
+def test_a_homoglyph_word_is_mixed_script_math_greek_and_cjk_are_not():
     assert "'Tоm': Cyrillic, Latin" in mixed_script_word("Tоm has 5 apples.")  # Cyrillic о
+    assert "'Tοm': Greek, Latin" in mixed_script_word("Tοm has 5 apples.")  # Greek omicron
     assert mixed_script_word("A circle of radius r has area πr² and 2πr around it.") is None
-    assert mixed_script_word("りんごを5個食べました。") is None  # kanji and kana in one word
+    assert mixed_script_word("りんごを5個食べました。コーヒーも。") is None  # kanji, kana, ー
     assert mixed_script_word("Сколько яблок у Тома?") is None  # all Cyrillic is one script
+    # Latin variables written against CJK text are normal math writing.
+    for text in ("在△ABC中，AB=3", "函数f(x)=2x+1", "점A에서 점B까지", "Tシャツを3枚"):
+        assert mixed_script_word(text) is None, text
 
 
 def test_allowed_scripts():
@@ -66,6 +71,7 @@ def test_allowed_scripts():
         "letters in Han script (corpus.scripts allows Latin)")
     assert disallowed_script("Area is πr².", ["Latin", "Greek"]) is None
     assert disallowed_script("5 + 7 = ?", ["Latin"]) is None
+    assert disallowed_script("コーヒーを3杯飲みました。", ["Han"]) is None  # Han covers kana
 
 
 def test_broken_characters_name_what_and_where():
@@ -73,6 +79,9 @@ def test_broken_characters_name_what_and_where():
         "broken characters: '\\xc3\\xa9' at char 3 (a decoding error or binary data)")
     assert "'\\x00' at char 3" in broken_characters("Tom\x00 has")
     assert "'\\ufffd'" in broken_characters("Tom has \ufffd apples")
+    assert "'\\x85'" in broken_characters("Tom has\x85 apples")  # C1 control
+    for mojibake in ("Ã– bought 5", "It is 5Â°C", "Tomâ€™s 5 apples"):
+        assert broken_characters(mojibake) is not None, mojibake
     assert broken_characters("Café sells 5 cakes.\n\tHow many?") is None
 
 
@@ -117,6 +126,32 @@ def test_language_filter(tmp_path):
     assert "language 'de' (corpus.languages allows en)" in result.quarantine["reason"][0]
 
 
+def test_short_prompts_are_not_judged_by_language(tmp_path):
+    rows = [{"prompt": APPLES, "reference_answer": "12"},
+            {"prompt": "Compute 3/4 + 1/8.", "reference_answer": "7/8"}]  # py3langid: Malay
+    assert build_corpus(_corpus(tmp_path, rows, languages=["en"])).stats["train"] == 2
+
+
+def test_unknown_script_or_language_names_fail_naming_the_field(tmp_path):
+    rows = [{"prompt": APPLES, "reference_answer": "12"}]
+    with pytest.raises(ConfigError, match=r"corpus.scripts: unknown script name\(s\) \['Latn'\]"):
+        build_corpus(_corpus(tmp_path, rows, scripts=["Latn"]))
+    with pytest.raises(ConfigError, match=r"corpus.languages: unknown language code\(s\)"):
+        build_corpus(_corpus(tmp_path, rows, languages=["english"]))
+
+
+def test_an_eval_row_failing_a_quality_filter_is_kept_and_reported(tmp_path):
+    path = _write(tmp_path / "train.jsonl", [{"prompt": APPLES, "reference_answer": "12"}])
+    evals = _write(tmp_path / "eval.jsonl", [{"prompt": "Tоm has 3 pears. How many?",
+                                             "reference_answer": "3"}])
+    result = build_corpus(CorpusConfig.from_dict({
+        "files": [{"path": str(path)}, {"path": str(evals), "split": "eval"}],
+        "embed_decontam_threshold": None, "embed_dedup_threshold": None}))
+    assert result.stats["eval"] == 1 and result.stats["eval_quality_flagged"] == 1
+    assert any("eval.jsonl:1 fails a quality filter (kept): mixed scripts" in w
+               for w in result.warnings)
+
+
 @pytest.mark.parametrize(("key", "value"), [("scripts", []), ("languages", "en"),
                                             ("answer_check", "maybe"), ("charset_check", 1),
                                             ("max_duplicate_rate", 2), ("warn_removed_share", -1)])
@@ -139,7 +174,8 @@ def test_removed_duplicates_and_contamination_name_the_matched_query(tmp_path):
     by_stage = {r["stage"]: r for r in result.quarantine.iter_rows(named=True)}
     assert by_stage["dedup"]["matched_query_id"] == make_query_id(APPLES)
     assert by_stage["decontam"]["matched_query_id"] == make_query_id(eval_text)
-    assert by_stage["decontam"]["similarity"] == 1.0
+    assert by_stage["dedup"]["similarity"] == 1.0
+    assert by_stage["decontam"]["similarity"] is None  # an n-gram match has no score
 
 
 # -- the checks on the final table ----------------------------------------------------------------
@@ -166,12 +202,11 @@ def test_eval_leaks_finds_same_text_ngrams_and_paraphrases():
     # Embeddings: the paraphrase points the same way as PEARS; the sibling (other answer) too,
     # but a different answer makes it another problem.
     rng = np.random.default_rng(0)
-    vectors = {q: v / np.linalg.norm(v) for q, v in
-               zip(table["query_id"], rng.normal(size=(table.height, 8)).astype(np.float32),
-                   strict=True)}
+    vectors = rng.normal(size=(table.height, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[[5, 6]] = vectors[2]  # both pear rewordings point where PEARS does
     pears = make_query_id(PEARS)
-    vectors[make_query_id("Ann had three pears; she ate one. Pears left?")] = vectors[pears]
-    vectors[make_query_id("Ann had three pears; she ate two. Pears left?")] = vectors[pears]
+    vectors = QueryVectors(table["query_id"].to_list(), vectors)
     leaks = eval_leaks(table, 13, vectors, 0.9)
     assert len(leaks) == 3
     assert leaks[-1].eval_query_id == pears and leaks[-1].how == "embedding cosine 1.000"
@@ -179,14 +214,22 @@ def test_eval_leaks_finds_same_text_ngrams_and_paraphrases():
     assert eval_leaks(clean, 13, vectors, 0.9) == []
 
 
-def test_duplicate_rate_counts_repeats_among_training_queries():
+def test_duplicate_rate_counts_training_queries_with_a_duplicate():
     table = _table([("train", APPLES, "12"), ("train", APPLES.upper(), "12"),
-                    ("train", PEARS, "2"), ("train", "9 + 9?", "18"), ("eval", PEARS, "2")])
-    assert duplicate_rate(table) == (0.25, 1)
-    vectors = {q: np.ones(4, dtype=np.float32) / 2 for q in table["query_id"]}
-    # All embed the same, but only APPLES' copy shares an answer with an earlier one.
-    assert duplicate_rate(table, vectors, 0.95) == (0.25, 1)
-    assert duplicate_rate(table.filter(pl.col("split") == "eval")) == (0.0, 0)
+                    ("train", PEARS, "2"), ("train", "Ann has 3 pears, eats 1: how many?", "2"),
+                    ("train", "9 + 9?", "18"), ("eval", PEARS, "2")])
+    exact = duplicate_rate(table)
+    assert (exact.rate, exact.duplicates, exact.checked) == (0.4, 2, 5)
+    # The reworded pears query is a duplicate only to the embeddings (same direction, same
+    # answer); "9 + 9?" points the same way too, but its answer makes it another problem.
+    ids = table.filter(pl.col("split") == "train")["query_id"].to_list()
+    vectors = np.eye(4, dtype=np.float32)[[0, 0, 1, 1, 1]]
+    found = duplicate_rate(table, QueryVectors(ids, vectors), 0.95)
+    assert (found.rate, found.duplicates, found.checked) == (0.8, 4, 5)
+    assert found.how == "embeddings (sample of 5)"
+    sampled = duplicate_rate(table, QueryVectors(ids, vectors), 0.95, sample=2)
+    assert sampled.checked == 2 and sampled.how == "embeddings (sample of 2)"
+    assert duplicate_rate(table.filter(pl.col("split") == "eval")).rate == 0.0
 
 
 def test_removal_shares_and_examples():

@@ -237,20 +237,27 @@ def test_sample_curation_runs_the_student_once_and_reports_what_it_removed(tiny_
                                        instance=instance, resources=defs.resources))
     metas = [r.get_asset_materialization_events()[0].materialization.metadata for r in runs]
     store = Store(Path(home) / "store")
-    train = store.read_table("queries").filter(pl.col("split") == "train")
     difficulty = store.read_table("student_difficulty")
-    assert difficulty.height == train.height and set(difficulty["student_samples"]) == {2}
-    assert metas[0]["difficulty_generated_now"].value == 2 * train.height
+    assert set(difficulty["student_samples"]) == {2}
+    assert metas[0]["difficulty_generated_now"].value == 2 * difficulty.height
     assert metas[1]["difficulty_generated_now"].value == 0
     dataset = store.read_table("filtered_dataset")
     solved = set(difficulty.filter(pl.col("student_pass_rate") > 0)["query_id"])
     assert not solved & set(dataset["query_id"])  # max_pass_rate 0: only unsolved queries
+    # Only queries a chosen teacher answered correctly were put to the student.
+    outputs = store.query("SELECT query_id, correct FROM teacher_outputs WHERE teacher IN "
+                          "(SELECT teacher FROM teacher_metrics WHERE chosen)")
+    answered = set(outputs.filter(pl.col("correct"))["query_id"])
+    assert set(difficulty["query_id"]) == answered
     easy = metas[0].get("removed/too_easy_for_student")
-    assert (easy.value if easy else 0) >= (1 if solved else 0)
+    assert (easy.value if easy else 0) >= len(solved)  # one sample or more per solved query
+    assert metas[0]["removed_share/difficulty"].value == pytest.approx(len(solved) / len(answered))
     assert "removed_share/concise" in metas[0]
     assert dataset.group_by("query_id").len()["len"].max() <= 2
     checks = {c.check_name: c for c in runs[0].get_asset_check_evaluations()}
-    assert "removal_share" in checks and checks["not_empty"].passed == (dataset.height > 0)
+    share = checks["removal_share"]
+    assert share.metadata["difficulty"].value == metas[0]["removed_share/difficulty"].value
+    assert share.passed == (len(solved) / len(answered) <= 0.8)
 
 
 def test_a_config_edited_after_loading_stops_the_run(tmp_path):

@@ -81,13 +81,13 @@ def test_student_pass_rates_come_from_the_generation_cache(tmp_path):
 # -- concise traces -------------------------------------------------------------------------------
 
 def test_concise_ratio_drops_traces_much_longer_than_the_shortest_correct_one():
-    samples = frame(sample("short", completion_tokens=10, n_teacher=1),
-                    sample("ok", completion_tokens=15, n_teacher=2, sample_index=1),
-                    sample("long", completion_tokens=40, n_teacher=9, sample_index=2),
-                    sample("wrong", completion_tokens=4, correct=False, sample_index=3))
+    samples = frame(sample("short", response="x" * 100, n_teacher=1),
+                    sample("ok", response="x" * 150, n_teacher=2, sample_index=1),
+                    sample("long", response="x" * 400, n_teacher=9, sample_index=2),
+                    sample("wrong", response="x" * 40, correct=False, sample_index=3))
     result = run(samples, concise_ratio=1.5)
-    # The rambling trace had the most Teacher sentences, but is 4x the shortest correct one;
-    # the incorrect 4-token answer does not count as the shortest.
+    # The rambling trace had the most Teacher sentences, but is 4x the shortest correct one
+    # (in characters); the incorrect short answer does not count as the shortest.
     assert result.dataset["request_key"].to_list() == ["ok"]
     assert result.removed["not_concise"] == 1
     assert result.removed_shares == {"concise": pytest.approx(1 / 3)}
@@ -155,6 +155,9 @@ def test_diversity_works_per_query_and_with_one_candidate():
     ({"concise_ratio": 0.5}, "concise_ratio"),
     ({"diversity": "cosine"}, "diversity must be one of"),
     ({"min_diversity_distance": 3}, "min_diversity_distance"),
+    ({"diversity": "edit", "per_query": 1}, "set per_query >= 2"),
+    ({"min_diversity_distance": 0.2}, "needs diversity edit or embedding"),
+    ({"diversity": "edit", "per_query": 2, "min_diversity_distance": 1.5}, "<= 1 with diversity"),
     ({"warn_removed_share": 1.5}, "warn_removed_share"),
 ])
 def test_bad_curation_settings_name_the_field(data, message):

@@ -14,6 +14,9 @@ import numpy as np
 import polars as pl
 
 from distill_dag.corpus.curate import answer_key, dedup_key, ngrams, word_tokens
+from distill_dag.corpus.semantic import QueryVectors
+
+DUPLICATE_SAMPLE = 10_000  # training queries whose embedding neighbours duplicate_rate checks
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,7 @@ def _train_eval(queries: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     return (queries.filter(pl.col("split") == "train"), queries.filter(pl.col("split") == "eval"))
 
 
-def eval_leaks(queries: pl.DataFrame, ngram: int,
-               embeddings: Mapping[str, np.ndarray] | None = None,
+def eval_leaks(queries: pl.DataFrame, ngram: int, embeddings: QueryVectors | None = None,
                embed_threshold: float | None = None) -> list[Leak]:
     """Training queries that equal an eval query (normalized), share a word n-gram with one, or
     (given the embeddings) have the same answer as one at cosine >= embed_threshold."""
@@ -56,39 +58,67 @@ def eval_leaks(queries: pl.DataFrame, ngram: int,
     from distill_dag.corpus.semantic import matches_in
 
     # Rows without an embedding (none, unless the table was edited) are skipped, not guessed.
-    train = train.filter(pl.col("query_id").is_in(list(embeddings))
-                         & ~pl.col("query_id").is_in(list(flagged)))
-    evals = evals.filter(pl.col("query_id").is_in(list(embeddings)))
+    train = _embedded(train, embeddings).filter(~pl.col("query_id").is_in(list(flagged)))
+    evals = _embedded(evals, embeddings)
     if train.is_empty() or evals.is_empty():
         return leaks
-    for m in matches_in(np.stack([embeddings[q] for q in train["query_id"]]),
+    for m in matches_in(embeddings.rows(train["query_id"].to_list()),
                         [answer_key(a) for a in train["reference_answer"]],
-                        np.stack([embeddings[q] for q in evals["query_id"]]),
+                        embeddings.rows(evals["query_id"].to_list()),
                         [answer_key(a) for a in evals["reference_answer"]], embed_threshold):
         leaks.append(Leak(train["query_id"][m.index], evals["query_id"][m.of],
                           f"embedding cosine {m.similarity:.3f}"))
     return leaks
 
 
-def duplicate_rate(queries: pl.DataFrame, embeddings: Mapping[str, np.ndarray] | None = None,
-                   embed_threshold: float | None = None) -> tuple[float, int]:
-    """(share, count) of training queries that repeat an earlier training query: the same
-    normalized text, or (given the embeddings) the same answer at cosine >= embed_threshold."""
+def _embedded(frame: pl.DataFrame, embeddings: QueryVectors) -> pl.DataFrame:
+    return frame.filter(pl.col("query_id").is_in(list(embeddings.ids)))
+
+
+@dataclass(frozen=True)
+class DuplicateRate:
+    rate: float  # share of training queries with a duplicate among the others (both count)
+    duplicates: int  # such queries found (in the sample, for the embedding estimate)
+    checked: int  # queries checked: all of them, or the sample
+    how: str  # "normalized text" or "embeddings (sample of N)"
+
+
+def duplicate_rate(queries: pl.DataFrame, embeddings: QueryVectors | None = None,
+                   embed_threshold: float | None = None, sample: int = DUPLICATE_SAMPLE,
+                   seed: int = 0) -> DuplicateRate:
+    """The share of training queries that have a duplicate among the other training queries:
+    the same normalized text, or (given the embeddings) the same answer at cosine >=
+    embed_threshold. The embedding figure is estimated on a seeded sample of `sample` queries,
+    each searched against all of them (sample x N similarities, in blocks); the larger of the
+    two figures is returned."""
     train, _ = _train_eval(queries)
     if train.is_empty():
-        return 0.0, 0
-    keys = [dedup_key(p) for p in train["prompt"]]
-    repeated = len(keys) - len(set(keys))
-    if embeddings is not None and embed_threshold is not None:
-        from distill_dag.corpus.semantic import earlier_duplicates
+        return DuplicateRate(0.0, 0, 0, "normalized text")
+    keys = pl.Series([dedup_key(p) for p in train["prompt"]])
+    exact = int(keys.is_duplicated().sum())
+    result = DuplicateRate(exact / train.height, exact, train.height, "normalized text")
+    if embeddings is None or embed_threshold is None:
+        return result
+    from distill_dag.corpus.semantic import block_rows, group_codes
 
-        have = [i for i, q in enumerate(train["query_id"]) if q in embeddings]
-        if have:
-            vectors = np.stack([embeddings[train["query_id"][i]] for i in have])
-            groups = [answer_key(train["reference_answer"][i]) for i in have]
-            # Exact repeats embed identically, so this count includes them.
-            repeated = max(repeated, len(earlier_duplicates(vectors, groups, embed_threshold)))
-    return repeated / train.height, repeated
+    train = _embedded(train, embeddings)
+    if train.height < 2:
+        return result
+    vectors = embeddings.rows(train["query_id"].to_list())
+    codes = group_codes([answer_key(a) for a in train["reference_answer"]])
+    rng = np.random.default_rng(seed)
+    picked = np.sort(rng.choice(train.height, size=min(sample, train.height), replace=False))
+    found = 0
+    step = block_rows(train.height)
+    for begin in range(0, len(picked), step):
+        rows = picked[begin:begin + step]
+        sims = vectors[rows] @ vectors.T
+        sims[np.arange(len(rows)), rows] = -1.0  # not itself
+        sims[codes[rows, None] != codes[None, :]] = -1.0  # same answer only
+        found += int((sims >= embed_threshold).any(axis=1).sum())
+    estimate = DuplicateRate(found / len(picked), found, len(picked),
+                             f"embeddings (sample of {len(picked):,})")
+    return estimate if estimate.rate > result.rate else result
 
 
 def removal_shares(step_rows: Mapping[str, tuple[int, int]]) -> dict[str, float]:

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from distill_dag.corpus.config import CorpusConfig
+from distill_dag.corpus.config import ConfigError, CorpusConfig
 from distill_dag.corpus.generator import generate_word_problems
 from distill_dag.corpus.loaders import load_file, quarantine_record
+from distill_dag.corpus.semantic import QueryVectors
 
 QUERY_SCHEMA: dict[str, Any] = {
     "query_id": pl.String,
@@ -43,7 +44,8 @@ QUARANTINE_SCHEMA: dict[str, Any] = {
     "raw": pl.String,
     "stage": pl.String,
     # The row a duplicate or contamination removal matched (kept, or in the eval set) and how
-    # close it was (1.0 for exact and n-gram matches); null for rows removed on their own.
+    # close it was (1.0 for the same text, the estimated Jaccard or cosine for near-duplicates,
+    # null for an n-gram match); null for rows removed on their own, and for conflicts.
     "matched_query_id": pl.String,
     "similarity": pl.Float64,
 }
@@ -65,9 +67,9 @@ class CorpusResult:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each step
     # Rows entering and leaving each filtering step, in order (for removal shares).
     step_rows: dict[str, tuple[int, int]] = field(default_factory=dict)
-    # The embeddings of the kept queries by query_id (None when the embedding step is off), so
-    # the leakage and duplicate checks can search the final table without encoding it again.
-    embeddings: dict[str, np.ndarray] | None = None
+    # The embeddings of the kept queries (None when the embedding step is off), so the leakage
+    # and duplicate checks can search the final table without encoding it again.
+    embeddings: QueryVectors | None = None
 
 
 def normalize_text(s: str) -> str:
@@ -157,10 +159,18 @@ def _quality_checks(cfg: CorpusConfig) -> list[tuple[str, str, Callable[[dict], 
         checks.append(("mixed_script_removed", "prompt",
                        lambda r: quality.mixed_script_word(r["prompt"])))
     if cfg.scripts:
+        unknown = sorted(set(cfg.scripts) - quality.known_scripts())
+        if unknown:
+            raise ConfigError("corpus.scripts", f"unknown script name(s) {unknown}; Unicode "
+                              "script names such as Latin, Greek, Cyrillic, Han, Hangul, Arabic")
         allowed = list(cfg.scripts)
         checks.append(("script_removed", "prompt",
                        lambda r: quality.disallowed_script(r["prompt"], allowed)))
     if cfg.languages:
+        unknown = sorted(set(cfg.languages) - quality.known_languages())
+        if unknown:
+            raise ConfigError("corpus.languages", f"unknown language code(s) {unknown}; ISO "
+                              "639-1 codes such as en, de, zh that py3langid detects")
         languages = list(cfg.languages)
         checks.append(("language_removed", "prompt",
                        lambda r: quality.wrong_language(r["prompt"], languages)))
@@ -170,7 +180,8 @@ def _quality_checks(cfg: CorpusConfig) -> list[tuple[str, str, Callable[[dict], 
     return checks
 
 
-def _clean(rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Counter) -> list[dict]:
+def _clean(rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Counter,
+           warnings: list[str]) -> list[dict]:
     kept = []
     checks = _quality_checks(cfg)
     for row in rows:
@@ -194,10 +205,17 @@ def _clean(rows: list[dict], cfg: CorpusConfig, out: list[dict], stats: Counter)
             continue
         for stat, field_name, check in checks:
             reason = check(row)
-            if reason is not None:
-                out.append(_setaside(row, field_name, reason, "quality"))
-                stats[stat] += 1
-                break
+            if reason is None:
+                continue
+            if row.get("split") == "eval":
+                # A benchmark's own row is kept: dropping it would shrink the eval set and stop
+                # it from protecting against contamination. It is reported instead.
+                warnings.append(f"eval row {_where(row)} fails a quality filter (kept): {reason}")
+                stats["eval_quality_flagged"] += 1
+                continue
+            out.append(_setaside(row, field_name, reason, "quality"))
+            stats[stat] += 1
+            break
         else:
             row["query_id"] = make_query_id(row["prompt"])
             row["_key"] = dedup_key(row["prompt"])
@@ -217,7 +235,7 @@ def _dedup(rows: list[dict], out: list[dict], stats: Counter) -> list[dict]:
             more = f" and {len(group) - 5} more" if len(group) > 5 else ""
             for r in group:
                 reason = f"conflicting answers for query {qid}: {listing}{more}"
-                out.append(_setaside(r, "reference_answer", reason, "dedup", qid))
+                out.append(_setaside(r, "reference_answer", reason, "dedup"))
             stats["conflicts"] += len(group)
             continue
         # An eval copy wins: keeping the train copy would leak the eval query into training.
@@ -298,7 +316,9 @@ def _decontaminate(rows: list[dict], n: int, out: list[dict], stats: Counter) ->
         if reason is None:
             kept.append(row)
         else:
-            out.append(_setaside(row, "prompt", reason, "decontam", matched, 1.0))
+            # An n-gram match has no similarity score; an identical text is 1.0.
+            similarity = 1.0 if row["_key"] in eval_keys else None
+            out.append(_setaside(row, "prompt", reason, "decontam", matched, similarity))
             stats["contaminated_removed"] += 1
     return kept
 
@@ -478,7 +498,7 @@ def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> Cor
     _load_sources(cfg, previous, rows, setaside, stats, warnings)
     lap("load")
     before = len(rows)
-    rows = _clean(rows, cfg, setaside, stats)
+    rows = _clean(rows, cfg, setaside, stats, warnings)
     lap("clean", before)
     before = len(rows)
     rows = _dedup(rows, setaside, stats)
@@ -512,6 +532,7 @@ def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> Cor
             "script_removed",
             "language_removed",
             "ungradeable_answer_removed",
+            "eval_quality_flagged",
             "duplicates_removed",
             "conflicts",
             "contaminated_removed",
@@ -530,8 +551,7 @@ def build_corpus(cfg: CorpusConfig, previous: pl.DataFrame | None = None) -> Cor
     if result_stats["train"] == 0:
         raise EmptyCorpusError(_empty_message(result_stats, setaside))
     lap("tables")
-    embeddings = None if vectors is None else {
-        r["query_id"]: vectors[i] for i, r in enumerate(rows)}
+    embeddings = None if vectors is None else QueryVectors([r["query_id"] for r in rows], vectors)
     return CorpusResult(queries=queries, quarantine=quarantine, stats=result_stats,
                         warnings=warnings, seconds=seconds, step_rows=step_rows,
                         embeddings=embeddings)

@@ -12,18 +12,34 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-# Control characters other than tab and newline, the replacement character (a decoding error
-# upstream), private-use code points, and the classic UTF-8-read-as-Latin-1 pairs ("Ã©", "â€™").
-_BROKEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffd\ue000-\uf8ff]|Ã[\u0080-\u00bf]"
-                     r"|â€[\u0080-\u00bf\u2018-\u201e\u2122\u0153\u0161\u017e]")
+# C0 and C1 control characters other than tab and newline, the replacement character (a
+# decoding error upstream), private-use code points, and UTF-8 read as Latin-1 or Windows-1252:
+# "Ã" or "Â" followed by a Latin-1 upper-half or cp1252 punctuation character ("Ã©", "Ã–",
+# "Â°"), and "â€" plus one ("â€™").
+_CP1252 = "\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u2122"
+_BROKEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd\ue000-\uf8ff]"
+                     rf"|[ÃÂ][\u00a0-\u00bf{_CP1252}]|Ã[\u0080-\u009f]|â€[\u0080-\u00bf{_CP1252}]")
 _WORD = re.compile(r"[^\W\d_]+")  # runs of letters
-_NUMBER = re.compile(r"-?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?")
+# Answers that always round-trip through the verifier: numbers (with thousands separators, a
+# currency sign or a percent sign) and plain fractions; the rest go through math-verify.
+_PLAIN_ANSWER = re.compile(r"\$?-?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?%?|-?\d+/\d+"
+                           r"|-?\\frac\{\d+\}\{\d+\}")
+_NOT_LETTERS = re.compile(r"[\W\d_]+")
+# Language detection on fewer letters than this (digits, symbols and one-letter variables
+# removed) is a guess: "Compute 3/4 + 1/8." reads as Malay. Such prompts are not judged.
+MIN_LANGUAGE_LETTERS = 30
 # Unicode character names that start with one of these name a style, not a script.
 _STYLE_PREFIXES = {"MATHEMATICAL", "MODIFIER", "SUPERSCRIPT", "SUBSCRIPT", "DOUBLE-STRUCK",
                    "SCRIPT", "BLACK-LETTER", "FULLWIDTH", "HALFWIDTH", "CIRCLED", "PARENTHESIZED"}
 # Scripts that legitimately share words: Japanese writes one word in kanji and kana.
-_FAMILIES = {"CJK": "Han", "HIRAGANA": "Han", "KATAKANA": "Han", "HANGUL": "Hangul",
-             "IDEOGRAPHIC": "Han"}
+_FAMILIES = {"CJK": "Han", "HIRAGANA": "Han", "KATAKANA": "Han", "KATAKANA-HIRAGANA": "Han",
+             "HANGUL": "Hangul", "IDEOGRAPHIC": "Han"}
+# Alphabets whose letters look alike: a word mixing two of them is a homoglyph or an encoding
+# accident ("Tоm" with a Cyrillic о). Other mixes are normal writing: Latin variables inside
+# Chinese, Japanese or Korean text ("在△ABC中", "점A에서"), Greek math letters in Latin words.
+_LOOKALIKE_SCRIPTS = {"Latin", "Cyrillic", "Greek", "Armenian"}
+# Greek letters that pass for Latin ones; the others (π, Δ, θ, λ, ...) are math symbols.
+_GREEK_LOOKALIKES = set("ΑΒΕΖΗΙΚΜΝΟΡΤΥΧοϲ")
 _CHARACTER_NAMES = {"\u00b5": "GREEK"}  # MICRO SIGN is a Greek mu for our purposes
 
 
@@ -54,18 +70,30 @@ def broken_characters(text: str) -> str | None:
 
 
 def mixed_script_word(text: str) -> str | None:
-    """A reason when one word mixes letters of two scripts ("Tоm" with a Cyrillic о): a homoglyph
-    or an encoding accident. Greek mixed with Latin is allowed (math writes "πr" and "Δx")."""
+    """A reason when one word mixes look-alike alphabets (Latin, Cyrillic, Greek, Armenian):
+    "Tоm" with a Cyrillic о, "Tοm" with a Greek omicron. Greek math letters in Latin words ("πr",
+    "Δx") and Latin letters in CJK text are normal and allowed."""
     if text.isascii():
         return None
     for match in _WORD.finditer(unicodedata.normalize("NFKC", text)):
         word = match.group()
         if word.isascii():
             continue
-        scripts = _scripts(word)
-        if len(scripts - {"Greek"} if "Latin" in scripts else scripts) > 1:
+        scripts = _scripts(word) & _LOOKALIKE_SCRIPTS
+        if scripts == {"Latin", "Greek"} and not _GREEK_LOOKALIKES.intersection(word):
+            continue
+        if len(scripts) > 1:
             return f"mixed scripts in the word '{word}': {', '.join(sorted(scripts))}"
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def known_scripts() -> frozenset[str]:
+    """Every script name script_of can return (for validating corpus.scripts)."""
+    import sys
+
+    return frozenset(s for s in map(script_of, map(chr, range(sys.maxunicode + 1)))
+                     if s is not None)
 
 
 def disallowed_script(text: str, allowed: Sequence[str]) -> str | None:
@@ -83,17 +111,29 @@ def disallowed_script(text: str, allowed: Sequence[str]) -> str | None:
     return None
 
 
-def language_of(text: str) -> str:
-    """The ISO 639-1 code py3langid assigns to a text (its model ships in the package)."""
+def known_languages() -> frozenset[str]:
+    """The ISO 639-1 codes py3langid can detect (for validating corpus.languages)."""
+    from py3langid import langid
+
+    return frozenset(langid._get_identifier().nb_classes)
+
+
+def language_of(text: str) -> str | None:
+    """The ISO 639-1 code py3langid assigns to a text's words (its model ships in the package),
+    or None when there are too few letters to tell (see MIN_LANGUAGE_LETTERS)."""
     import py3langid
 
-    return py3langid.classify(text)[0]
+    words = [w for w in _NOT_LETTERS.split(text) if len(w) > 1]
+    if sum(map(len, words)) < MIN_LANGUAGE_LETTERS:
+        return None
+    return py3langid.classify(" ".join(words))[0]
 
 
 def wrong_language(text: str, allowed: Sequence[str]) -> str | None:
-    """A reason when the detected language is not one of `allowed` (ISO 639-1 codes)."""
+    """A reason when the detected language is not one of `allowed` (ISO 639-1 codes); a text
+    too short to tell passes."""
     found = language_of(text)
-    if found in allowed:
+    if found is None or found in allowed:
         return None
     return f"language '{found}' (corpus.languages allows {', '.join(allowed)})"
 
@@ -106,7 +146,7 @@ def ungradeable_answer(answer: str) -> str | None:
     correct against the reference itself. An answer that fails it (a multi-line answer, one the
     extractor cuts short) would mark every right response wrong, poisoning rejection sampling.
     """
-    if _NUMBER.fullmatch(answer.strip()):
+    if _PLAIN_ANSWER.fullmatch(answer.strip()):
         return None  # plain numbers always round-trip; skip math-verify's parser
     from distill_dag.verify import verify_answer
 

