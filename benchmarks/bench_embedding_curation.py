@@ -12,9 +12,18 @@ import argparse
 import resource
 import time
 
-from distill_dag.corpus.curate import answer_key
+import polars as pl
+
+from distill_dag.corpus.checks import duplicate_rate
+from distill_dag.corpus.curate import answer_key, make_query_id
 from distill_dag.corpus.generator import generate_word_problems
-from distill_dag.corpus.semantic import earlier_duplicates, embed, load_embedder, matches_in
+from distill_dag.corpus.semantic import (
+    QueryVectors,
+    earlier_duplicates,
+    embed,
+    load_embedder,
+    matches_in,
+)
 
 
 def main() -> None:
@@ -44,6 +53,17 @@ def main() -> None:
     duplicates = earlier_duplicates(vectors[left], [groups[i] for i in left], 0.95)
     pipeline = time.perf_counter() - started
 
+    # query_corpus's duplicate_rate check on the kept queries (reported, not in the ratio).
+    dropped = {left[m.index] for m in duplicates}
+    kept = [i for i in left if i not in dropped]
+    rows = [train[i] for i in kept]
+    table = pl.DataFrame({"query_id": [make_query_id(r["prompt"]) for r in rows],
+                          "split": ["train"] * len(rows), "prompt": [r["prompt"] for r in rows],
+                          "reference_answer": [r["reference_answer"] for r in rows]})
+    started = time.perf_counter()
+    rate = duplicate_rate(table, QueryVectors(table["query_id"].to_list(), vectors[kept]), 0.95)
+    check = time.perf_counter() - started
+
     total = len(texts)
     print(f"{args.queries:,} training queries + {args.eval:,} eval questions, batch "
           f"{args.batch_size}:")
@@ -51,6 +71,7 @@ def main() -> None:
     print(f"  curation (embed+search) {total / pipeline:6.1f} sentences/s ({pipeline:.1f} s: "
           f"embed {encoded:.1f} s, search {pipeline - encoded:.1f} s) = "
           f"**{raw / pipeline:.2f}x** raw")
+    print(f"  duplicate_rate check afterwards: {check:.1f} s ({rate.rate:.4%} by {rate.how})")
     print(f"  removed: {len(contaminated):,} eval paraphrases, {len(duplicates):,} training "
           f"paraphrases; peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2:.2f} GB")
