@@ -29,10 +29,12 @@ class DifficultyConfig:
     """k answers of the base student per training query; 0 turns the difficulty filter off
     (it costs k generations per query, like a teacher)."""
     min_pass_rate: float = 0.0
-    """Queries the student solves less often than this are dropped (too hard to learn from)."""
-    max_pass_rate: float = 0.75
-    """Queries the student solves more often than this are dropped (already solved). With k = 4
-    the default drops those it solves 4 times out of 4."""
+    """Queries the student solves less often than this are dropped (too hard to learn from).
+    0 keeps the ones it never solves, which are what a teacher can add (DED); open-r1 keeps
+    0.1-0.9 for RL, where a query needs some successes."""
+    max_pass_rate: float = 0.9
+    """Queries the student solves more often than this are dropped (already solved: DED's
+    question compression). With k = 4 the default drops those it solves 4 times out of 4."""
     temperature: float = 0.7
     """Sampling temperature of the k answers (> 0: k greedy answers would all agree)."""
     top_k: int = 50
