@@ -68,3 +68,15 @@ def preview(frame: pl.DataFrame, columns: list[str], rows: int = 5, width: int =
         lines.append("| " + " | ".join(c if len(c) <= width else c[: width - 1] + "…"
                                        for c in cells) + " |")
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def removal_share_check(shares: dict[str, float], limit: float) -> dg.AssetCheckResult:
+    """The `removal_share` check: a warning when a curation step removed more than `limit` of
+    what it was given (`shares`: step -> removed share)."""
+    heavy = {step: share for step, share in shares.items() if share > limit}
+    return dg.AssetCheckResult(
+        check_name="removal_share", passed=not heavy, severity=dg.AssetCheckSeverity.WARN,
+        metadata={**{f"removed_share_{k}": round(v, 4) for k, v in shares.items()},
+                  "over_limit": ", ".join(f"{k} removed {v:.0%}" for k, v in heavy.items())
+                  or "none",
+                  "warn_removed_share": limit})

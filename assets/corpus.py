@@ -6,7 +6,14 @@ import time
 import dagster as dg
 import polars as pl
 
-from assets._common import content_version, fail, preview, retry_policy, stale_or_updated
+from assets._common import (
+    content_version,
+    fail,
+    preview,
+    removal_share_check,
+    retry_policy,
+    stale_or_updated,
+)
 from distill_dag.config import ProjectConfig
 from distill_dag.corpus import ConfigError, EmptyCorpusError, build_corpus
 from distill_dag.corpus.checks import (
@@ -75,7 +82,6 @@ def build(project: ProjectConfig) -> list:
                            c.embed_decontam_threshold)
         duplicates = duplicate_rate(queries, result.embeddings, c.embed_dedup_threshold)
         shares = removal_shares(result.step_rows)
-        heavy = {step: share for step, share in shares.items() if share > c.warn_removed_share}
         examples = removal_examples(result.quarantine)
         reasons = (result.quarantine.group_by("reason").len().sort("len", descending=True)
                    if result.quarantine.height else None)
@@ -119,14 +125,7 @@ def build(project: ProjectConfig) -> list:
                                               "checked": duplicates.checked,
                                               "measured_by": duplicates.how,
                                               "max_duplicate_rate": c.max_duplicate_rate}),
-                dg.AssetCheckResult(check_name="removal_share", passed=not heavy,
-                                    severity=dg.AssetCheckSeverity.WARN,
-                                    metadata={**{f"removed_share_{k}": round(v, 4)
-                                                 for k, v in shares.items()},
-                                              "over_limit": ", ".join(
-                                                  f"{k} removed {v:.0%}" for k, v in heavy.items())
-                                              or "none",
-                                              "warn_removed_share": c.warn_removed_share}),
+                removal_share_check(shares, c.warn_removed_share),
                 dg.AssetCheckResult(check_name="has_train_and_eval",
                                     passed=train.height > 0 and evals.height > 0,
                                     severity=dg.AssetCheckSeverity.WARN,

@@ -8,11 +8,12 @@ import shutil
 import dagster as dg
 import polars as pl
 
-from assets._common import fail, preview, retry_policy, stale_or_updated
+from assets._common import fail, preview, removal_share_check, retry_policy, stale_or_updated
 from distill_dag.config import ProjectConfig
 from distill_dag.difficulty import student_pass_rates
 from distill_dag.filtering import dataset_jsonl, filter_dataset
 from distill_dag.models import ModelResolutionError, load_model
+from distill_dag.store import Store
 from distill_dag.training.data import TrainingDataError, check_record
 from resources import ProjectResource, RuntimeResource, StoreResource
 
@@ -51,6 +52,38 @@ def _template_problems(tokenizer, records: list[list[dict]]) -> list[str]:
         except TrainingDataError as exc:
             problems.append(str(exc))
     return problems
+
+
+def _student_difficulty(context: dg.AssetExecutionContext, cfg: ProjectConfig, db: Store,
+                        runtime: RuntimeResource, samples: pl.DataFrame, queries: pl.DataFrame,
+                        chosen: list[str]) -> tuple[pl.DataFrame | None, dict]:
+    """The base student's pass rate on each training query a chosen teacher answered correctly
+    (the others cannot reach the dataset), and metadata; (None, {}) when the band is off."""
+    difficulty = cfg.filtering.difficulty
+    if not difficulty.enabled:
+        return None, {}
+    answered = samples.filter(pl.col("correct").fill_null(False))["query_id"].unique()
+    train = queries.filter((pl.col("split") == "train")
+                           & pl.col("query_id").is_in(answered.implode()))
+    if train.is_empty():
+        context.log.warning(f"difficulty: no training query has a correct sample from {chosen}; "
+                            "the student was not run")
+        return None, {}
+    try:
+        rates = student_pass_rates(cfg.student, difficulty, train, db, runtime.device,
+                                   runtime.dtype, runtime.show_progress)
+    except ModelResolutionError as exc:
+        raise fail(f"filtered_dataset: student.model: {exc}") from exc
+    pass_rates = rates.per_query
+    db.write_table("student_difficulty", pass_rates)
+    mean = float(pass_rates["student_pass_rate"].mean() or 0)
+    context.log.info(f"difficulty: the base student answered {train.height} queries x "
+                     f"{difficulty.num_samples} ({rates.generated} generated now, "
+                     f"{rates.seconds:.1f} s); mean pass rate {mean:.3f}")
+    solved = float((pass_rates["student_pass_rate"] > difficulty.max_pass_rate).mean() or 0)
+    return pass_rates, {"student_pass_rate_mean": round(mean, 4),
+                        "student_solved_share": round(solved, 4),
+                        "difficulty_generated_now": rates.generated}
 
 
 def build(project: ProjectConfig) -> list:
@@ -106,38 +139,12 @@ def build(project: ProjectConfig) -> list:
             context.log.warning(f"{unscored} samples of {chosen} have no provenance scores yet "
                                 "and are left out; materialize provenance_scores first")
         samples = samples.filter(pl.col("n_sentences").is_not_null())
-        difficulty = cfg.filtering.difficulty
-        pass_rates = None
-        difficulty_meta: dict = {}
-        if difficulty.enabled:
-            # Only queries a chosen teacher answered correctly can reach the dataset.
-            answered = samples.filter(pl.col("correct").fill_null(False))["query_id"].unique()
-            train = queries.filter((pl.col("split") == "train")
-                                   & pl.col("query_id").is_in(answered.implode()))
-            try:
-                rates = student_pass_rates(cfg.student, difficulty, train, db, runtime.device,
-                                           runtime.dtype, runtime.show_progress)
-            except ModelResolutionError as exc:
-                raise fail(f"filtered_dataset: student.model: {exc}") from exc
-            pass_rates = rates.per_query
-            db.write_table("student_difficulty", pass_rates)
-            context.log.info(f"difficulty: the base student answered {train.height} queries "
-                             f"x {difficulty.num_samples} ({rates.generated} generated now, "
-                             f"{rates.seconds:.1f} s); mean pass rate "
-                             f"{pass_rates['student_pass_rate'].mean():.3f}")
-            difficulty_meta = {
-                "student_pass_rate_mean": round(float(pass_rates["student_pass_rate"].mean()
-                                                      or 0), 4),
-                "student_solved_share": round(float(
-                    (pass_rates["student_pass_rate"] > difficulty.max_pass_rate).mean() or 0), 4),
-                "difficulty_generated_now": rates.generated,
-            }
+        pass_rates, difficulty_meta = _student_difficulty(context, cfg, db, runtime, samples,
+                                                          queries, chosen)
         result = filter_dataset(samples, queries, chosen, cfg.filtering, cfg.student.prompt,
                                 pass_rates)
         for warning in result.warnings:
             context.log.warning(warning)
-        heavy = {k: v for k, v in result.removed_shares.items()
-                 if v > cfg.filtering.warn_removed_share}
         if unscored:
             result.removed["no_provenance"] = unscored
         data = result.dataset
@@ -171,15 +178,7 @@ def build(project: ProjectConfig) -> list:
                                     metadata={"rows": data.height, **result.removed}),
                 dg.AssetCheckResult(check_name="no_eval_queries", passed=leaked == 0,
                                     metadata={"eval_records": leaked}),
-                dg.AssetCheckResult(check_name="removal_share", passed=not heavy,
-                                    severity=dg.AssetCheckSeverity.WARN,
-                                    metadata={**{k: round(v, 4)
-                                                 for k, v in result.removed_shares.items()},
-                                              "over_limit": ", ".join(
-                                                  f"{k} removed {v:.0%}" for k, v in heavy.items())
-                                              or "none",
-                                              "warn_removed_share":
-                                                  cfg.filtering.warn_removed_share}),
+                removal_share_check(result.removed_shares, cfg.filtering.warn_removed_share),
                 dg.AssetCheckResult(check_name="chat_schema", passed=not template_problems,
                                     metadata={"bad_records": len(template_problems),
                                               "examples": "; ".join(template_problems[:5])}),

@@ -79,6 +79,12 @@ class FilterConfig:
         if self.diversity not in DIVERSITY_METRICS:
             raise ConfigError(f"filtering.diversity must be one of {DIVERSITY_METRICS}, got "
                               f"{self.diversity!r}")
+        for name, high in (("min_diversity_distance", 2.0), ("warn_removed_share", 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    0 <= value <= high):
+                raise ConfigError(f"filtering.{name} must be a number in [0, {high}], got "
+                                  f"{value!r}")
         if self.diversity != "none" and self.per_query < 2:
             raise ConfigError(f"filtering.diversity {self.diversity!r} chooses among the "
                               "responses kept per query: set per_query >= 2")
@@ -88,12 +94,6 @@ class FilterConfig:
         if self.diversity == "edit" and self.min_diversity_distance > 1:
             raise ConfigError("filtering.min_diversity_distance must be <= 1 with diversity "
                               f"edit (normalized edit distance), got {self.min_diversity_distance}")
-        for name, high in (("min_diversity_distance", 2.0), ("warn_removed_share", 1.0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                    0 <= value <= high):
-                raise ConfigError(f"filtering.{name} must be a number in [0, {high}], got "
-                                  f"{value!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "filtering") -> FilterConfig:

@@ -256,7 +256,8 @@ def test_sample_curation_runs_the_student_once_and_reports_what_it_removed(tiny_
     assert dataset.group_by("query_id").len()["len"].max() <= 2
     checks = {c.check_name: c for c in runs[0].get_asset_check_evaluations()}
     share = checks["removal_share"]
-    assert share.metadata["difficulty"].value == metas[0]["removed_share/difficulty"].value
+    assert share.metadata["removed_share_difficulty"].value == \
+        metas[0]["removed_share/difficulty"].value
     assert share.passed == (len(solved) / len(answered) <= 0.8)
 
 
