@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -25,19 +24,16 @@ from distill_dag.corpus.quality import (
     ungradeable_answer,
 )
 from distill_dag.corpus.semantic import QueryVectors
+from tests.test_corpus_curate import write_jsonl
 
 APPLES = "Tom has 5 apples and buys 7 more. How many apples does Tom have now?"
 PEARS = "Ann has 3 pears and eats 1. How many pears are left?"
 
 
-def _write(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return path
-
-
 def _corpus(tmp_path: Path, rows: list[dict], **settings) -> CorpusConfig:
-    path = _write(tmp_path / "train.jsonl", rows)
-    evals = _write(tmp_path / "eval.jsonl", [{"prompt": "What is 2 + 2?", "reference_answer": "4"}])
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    evals = write_jsonl(tmp_path / "eval.jsonl",
+                        [{"prompt": "What is 2 + 2?", "reference_answer": "4"}])
     return CorpusConfig.from_dict({
         "files": [{"path": str(path)}, {"path": str(evals), "split": "eval"}],
         "embed_decontam_threshold": None, "embed_dedup_threshold": None, **settings})
@@ -141,8 +137,8 @@ def test_unknown_script_or_language_names_fail_naming_the_field(tmp_path):
 
 
 def test_an_eval_row_failing_a_quality_filter_is_kept_and_reported(tmp_path):
-    path = _write(tmp_path / "train.jsonl", [{"prompt": APPLES, "reference_answer": "12"}])
-    evals = _write(tmp_path / "eval.jsonl", [{"prompt": "Tоm has 3 pears. How many?",
+    path = write_jsonl(tmp_path / "train.jsonl", [{"prompt": APPLES, "reference_answer": "12"}])
+    evals = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "Tоm has 3 pears. How many?",
                                              "reference_answer": "3"}])
     result = build_corpus(CorpusConfig.from_dict({
         "files": [{"path": str(path)}, {"path": str(evals), "split": "eval"}],
@@ -166,8 +162,8 @@ def test_removed_duplicates_and_contamination_name_the_matched_query(tmp_path):
     rows = [{"prompt": APPLES, "reference_answer": "12"},
             {"prompt": APPLES + "  ", "reference_answer": "12"},
             {"prompt": eval_text + " Explain.", "reference_answer": "18"}]
-    path = _write(tmp_path / "train.jsonl", rows)
-    evals = _write(tmp_path / "eval.jsonl", [{"prompt": eval_text, "reference_answer": "18"}])
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    evals = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": eval_text, "reference_answer": "18"}])
     result = build_corpus(CorpusConfig.from_dict({
         "files": [{"path": str(path)}, {"path": str(evals), "split": "eval"}],
         "embed_decontam_threshold": None, "embed_dedup_threshold": None}))

@@ -147,6 +147,14 @@ def _setaside(row: dict, field: str | None, reason: str, stage: str,
     return record
 
 
+def _known(key: str, names: list[str], known: frozenset[str], what: str, hint: str) -> list[str]:
+    """`names` if every one is known, else a ConfigError naming corpus.<key> and the unknown."""
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ConfigError(f"corpus.{key}", f"unknown {what} {unknown}; {hint}")
+    return list(names)
+
+
 def _quality_checks(cfg: CorpusConfig) -> list[tuple[str, str, Callable[[dict], str | None]]]:
     """(stat name, field, check) for each enabled quality filter, cheapest first."""
     from distill_dag.corpus import quality
@@ -159,19 +167,13 @@ def _quality_checks(cfg: CorpusConfig) -> list[tuple[str, str, Callable[[dict], 
         checks.append(("mixed_script_removed", "prompt",
                        lambda r: quality.mixed_script_word(r["prompt"])))
     if cfg.scripts:
-        unknown = sorted(set(cfg.scripts) - quality.known_scripts())
-        if unknown:
-            raise ConfigError("corpus.scripts", f"unknown script name(s) {unknown}; Unicode "
-                              "script names such as Latin, Greek, Cyrillic, Han, Hangul, Arabic")
-        allowed = list(cfg.scripts)
+        allowed = _known("scripts", cfg.scripts, quality.known_scripts(), "script name(s)",
+                         "Unicode script names such as Latin, Greek, Cyrillic, Han, Hangul")
         checks.append(("script_removed", "prompt",
                        lambda r: quality.disallowed_script(r["prompt"], allowed)))
     if cfg.languages:
-        unknown = sorted(set(cfg.languages) - quality.known_languages())
-        if unknown:
-            raise ConfigError("corpus.languages", f"unknown language code(s) {unknown}; ISO "
-                              "639-1 codes such as en, de, zh that py3langid detects")
-        languages = list(cfg.languages)
+        languages = _known("languages", cfg.languages, quality.known_languages(),
+                           "language code(s)", "ISO 639-1 codes such as en, de, zh")
         checks.append(("language_removed", "prompt",
                        lambda r: quality.wrong_language(r["prompt"], languages)))
     if cfg.answer_check == "verifiable":
