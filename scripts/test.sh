@@ -2,6 +2,15 @@
 # Set up (idempotent), then lint and run the whole test suite (real models, real DuckDB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A full run needs about 12 GB on a fresh machine: .venv ~3, .venv-vllm ~5, the converted models
+# ~2 and the tests' checkpoints up to ~2 at a time (in the temp dir). Warn up front rather than
+# fail mid-run on a full disk.
+for dir in . "${TMPDIR:-/tmp}"; do
+  free_gb=$(df -Pk "$dir" | awk 'NR==2 {print int($4 / 1048576)}')
+  if [ "$free_gb" -lt 12 ]; then
+    echo "test: warning: only ${free_gb} GB free on $(cd "$dir" && pwd) (a fresh run needs ~12 GB)" >&2
+  fi
+done
 bash scripts/setup.sh
 # The HTTP backend's tests run against a real llama.cpp server (once: it builds from source).
 if ! .venv/bin/python -c "import llama_cpp.server" 2>/dev/null; then

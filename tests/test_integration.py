@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,8 @@ def tiny_run(tmp_path_factory):
         first = materialize_all(defs, instance)
         second = materialize_all(defs, instance)
         checks = [e for r in first for e in r.get_asset_check_evaluations()]
-    return home, _materializations(first), _materializations(second), checks
+    yield home, _materializations(first), _materializations(second), checks
+    shutil.rmtree(home, ignore_errors=True)  # a checkpoint of ~0.5 GB; not kept past the module
 
 
 def test_all_seven_assets_and_both_partitions_materialize(tiny_run):
