@@ -2,13 +2,13 @@
 # Set up (idempotent), then lint and run the whole test suite (real models, real DuckDB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# A full run needs about 12 GB on a fresh machine: .venv ~3, .venv-vllm ~5, the converted models
-# ~2 and the tests' checkpoints up to ~2 at a time (in the temp dir). Warn up front rather than
-# fail mid-run on a full disk.
+# A fresh run peaked at 9.6 GB: .venv 3, .venv-vllm 4.7, converted models 0.5 to 1.8, and the
+# tests' checkpoints up to ~2 at a time in the temp dir. Warn (with some headroom) up front rather
+# than fail mid-run on a full disk.
 for dir in . "${TMPDIR:-/tmp}"; do
   free_gb=$(df -Pk "$dir" | awk 'NR==2 {print int($4 / 1048576)}')
   if [ "$free_gb" -lt 12 ]; then
-    echo "test: warning: only ${free_gb} GB free on $(cd "$dir" && pwd) (a fresh run needs ~12 GB)" >&2
+    echo "test: warning: only ${free_gb} GB free on $(cd "$dir" && pwd) (a fresh run used up to 9.6 GB)" >&2
   fi
 done
 bash scripts/setup.sh
