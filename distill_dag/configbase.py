@@ -9,11 +9,13 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
 
+from distill_dag.errors import DistillError
+
 _C = TypeVar("_C")
 
 
-class ConfigError(ValueError):
-    """A config value that cannot be used; the message names where it is."""
+class ConfigError(DistillError, ValueError):
+    """A config value that cannot be used; the message names where it is. Never retryable."""
 
 
 def check_keys(cls: type, data: Any, where: str) -> None:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distill_dag.errors import DistillError
+
 if TYPE_CHECKING:  # heavy imports stay out of module import time
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -44,7 +46,7 @@ PACKAGED_MODELS: dict[str, tuple[str, str, str | None]] = {
 }
 
 
-class ModelResolutionError(ValueError):
+class ModelResolutionError(DistillError, ValueError):
     """A model reference that does not resolve to weights on this machine."""
 
 

@@ -24,9 +24,13 @@ from pathlib import Path
 
 import polars as pl
 
+from distill_dag.errors import DistillError
 
-class StoreLockedError(RuntimeError):
-    """Another process held the catalog for longer than the lock timeout."""
+
+class StoreLockedError(DistillError, RuntimeError):
+    """Another process held the catalog for longer than the lock timeout (may pass later)."""
+
+    retryable = True
 
 
 class Store:

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distill_dag.errors import DistillError
 from distill_dag.training.config import TrackingConfig
 
 log = logging.getLogger(__name__)
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(DistillError, RuntimeError):
     """The configured MLflow tracking server cannot be reached."""
 
 

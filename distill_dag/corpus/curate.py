@@ -20,6 +20,7 @@ from distill_dag.corpus.config import ConfigError, CorpusConfig
 from distill_dag.corpus.generator import generate_word_problems
 from distill_dag.corpus.loaders import load_file, quarantine_record
 from distill_dag.corpus.semantic import QueryVectors
+from distill_dag.errors import DistillError
 
 QUERY_SCHEMA: dict[str, Any] = {
     "query_id": pl.String,
@@ -52,7 +53,7 @@ QUARANTINE_SCHEMA: dict[str, Any] = {
 _WORD = re.compile(r"[^\W_]+")  # Unicode letters and digits; numbers are words too
 
 
-class EmptyCorpusError(ValueError):
+class EmptyCorpusError(DistillError, ValueError):
     """No training query survived loading and curation."""
 
 

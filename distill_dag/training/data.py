@@ -16,13 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from distill_dag.errors import DistillError
+
 IGNORE_INDEX = -100  # label of tokens that carry no loss (the prompt)
 # Bump when the way records become tokens and labels changes: it is part of the checkpoint's run
 # key, so a fix here retrains instead of reusing a checkpoint built the old way.
 TOKENIZATION_VERSION = "1"
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(DistillError, ValueError):
     """The dataset cannot be trained on as asked; the message names the record and field."""
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from distill_dag.configbase import ConfigError
+from distill_dag.errors import DistillError
 from distill_dag.training.config import TrainingConfig
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ _RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s*")
 RESULT_FILE = "result.json"
 
 
-class TrainingLaunchError(RuntimeError):
+class TrainingLaunchError(DistillError, RuntimeError):
     """The training processes failed; the message carries the end of their output."""
 
 
