@@ -15,6 +15,7 @@ import dagster as dg
 from assets import build_assets
 from distill_dag.config import config_path, load_project_config
 from orchestration.automation import build_automation
+from orchestration.executors import executor_def
 from orchestration.stale import record_observations
 from resources import ProjectResource, RuntimeResource, StoreResource
 from resources.project import default_home
@@ -30,7 +31,7 @@ def build_definitions(config: str | Path | None = None, home: str | None = None,
         assets=build_assets(project),
         sensors=sensors,
         schedules=schedules,
-        executor=project.orchestration.executor_def(),
+        executor=executor_def(project.orchestration),
         resources={
             "project": ProjectResource(config_path=str(path.resolve()),
                                        loaded_fingerprint=project.fingerprint()),

@@ -66,22 +66,6 @@ class OrchestrationConfig:
         return {"dagster-k8s/config": {"container_config": {"resources": {
             "requests": limits, "limits": limits}}}}
 
-    def executor_def(self) -> Any:
-        """The Dagster executor for the code location (None: Dagster's multiprocess default)."""
-        if self.executor == "in_process":
-            import dagster as dg
-
-            return dg.in_process_executor
-        if self.executor == "k8s":
-            try:
-                from dagster_k8s import k8s_job_executor
-            except ImportError as exc:
-                raise ImportError(
-                    "orchestration.executor: k8s needs dagster-k8s, which is not installed: "
-                    "pip install 'distill-dag[k8s]'") from exc
-            return k8s_job_executor
-        return None
-
     def run_tags(self) -> dict[str, str]:
         return {"dagster/max_runtime": str(self.max_runtime_s)} if self.max_runtime_s else {}
 
