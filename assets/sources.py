@@ -10,13 +10,10 @@ import warnings
 
 import dagster as dg
 
-from distill_dag.config import ProjectConfig
-
-CORPUS_SOURCES = "corpus_files"
-TEACHER_CONFIG = "teacher_config"
+from distill_dag.stages import CORPUS_FILES, TEACHER_CONFIG
 
 
-def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
+def build(teachers: dg.PartitionsDefinition) -> list:
     with warnings.catch_warnings():  # observable source assets are marked beta in Dagster 1.13
         warnings.simplefilter("ignore", dg.BetaWarning)
         return _build(teachers)
@@ -24,7 +21,7 @@ def build(project: ProjectConfig, teachers: dg.PartitionsDefinition) -> list:
 
 def _build(teachers: dg.PartitionsDefinition) -> list:
     @dg.observable_source_asset(
-        name=CORPUS_SOURCES,
+        name=CORPUS_FILES,
         group_name="inputs",
         required_resource_keys={"project"},
         description="The corpus files (config `corpus.files` and the inbox folder). Data version: "

@@ -22,8 +22,8 @@ import yaml
 
 from distill_dag import verify
 from distill_dag.config import DEFAULT_CONFIG
-from distill_dag.definitions import build_definitions
-from orchestration.stale import materialize_stale
+from distill_dag.orchestration.definitions import build_definitions
+from distill_dag.orchestration.stale import materialize_stale
 
 NEW_QUERIES = [
     ("Zed has 13 marbles. Zed finds 4 more marbles. How many marbles does Zed have now?", "17"),

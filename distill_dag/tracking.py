@@ -183,3 +183,34 @@ def open_tracker(cfg: TrackingConfig, home: str | os.PathLike) -> Tracker | None
             location = (Path(home).resolve() / "mlflow" / "artifacts").as_uri()
         experiment_id = client.create_experiment(cfg.experiment, artifact_location=location)
     return Tracker(uri, experiment_id, note)
+
+
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def start_or_resume_run(tracker: Tracker | None, run_dir: str | os.PathLike, name: str,
+                        tags: Mapping[str, str]) -> tuple[TrackedRun | None, bool]:
+    """The MLflow run of the work in `run_dir`: the one a killed process left there (its id is
+    kept in run_dir/mlflow_run_id), reopened, or a new one. Returns (run, resumed)."""
+    if tracker is None:
+        return None, False
+    id_file = Path(run_dir) / RUN_ID_FILE
+    if id_file.exists():
+        run = tracker.resume_run(id_file.read_text().strip())
+        if run is not None:
+            return run, True
+    run = tracker.start_run(name, tags=tags)
+    id_file.parent.mkdir(parents=True, exist_ok=True)
+    id_file.write_text(run.run_id)
+    return run, False
+
+
+def flat_params(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """A config dataclass as flat MLflow parameters: {"lora.r": 16, ...}."""
+    out: dict[str, Any] = {}
+    for key, value in (cfg.__dict__ if hasattr(cfg, "__dict__") else cfg).items():
+        if hasattr(value, "__dataclass_fields__"):
+            out.update(flat_params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -20,22 +20,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import dagster as dg
-from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
-from dagster._core.definitions.events import AssetKeyPartitionKey
-from dagster._core.execution.backfill import BulkActionStatus
 
-from assets import ASSET_ORDER
-from distill_dag.orchestration_config import OrchestrationConfig
-from orchestration.stale import (
-    PARTITIONED,
+from distill_dag.orchestration.dagster_internals import backfill_request, requested_backfill_tags
+from distill_dag.orchestration.stale import (
     downstream_closure,
+    partitioned_names,
     record_observations,
+    stage_names,
     stale_items,
 )
-from resources import ProjectResource
+from distill_dag.orchestration_config import OrchestrationConfig
+from distill_dag.resources import ProjectResource
 
 LAUNCHED_BY = "distill_dag/launched_by"
-DISTILL_ASSETS = dg.AssetSelection.assets(*ASSET_ORDER)
+DISTILL_ASSETS = dg.AssetSelection.groups("distill")
 
 
 LAUNCHERS = ["stale_backfill_schedule", "corpus_inbox_sensor"]
@@ -50,8 +48,7 @@ def _in_flight(instance: dg.DagsterInstance) -> bool:
                   dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]), limit=1)
     if runs:
         return True
-    backfills = instance.get_backfills(status=BulkActionStatus.REQUESTED, limit=20)
-    return any(b.tags.get(LAUNCHED_BY) in LAUNCHERS for b in backfills)
+    return any(tags.get(LAUNCHED_BY) in LAUNCHERS for tags in requested_backfill_tags(instance))
 
 
 def next_stale_requests(instance: dg.DagsterInstance, graph, tags: dict[str, str],
@@ -62,15 +59,18 @@ def next_stale_requests(instance: dg.DagsterInstance, graph, tags: dict[str, str
     if not items:
         return []
     first = items[0].asset
-    if first == "query_corpus":
-        return [dg.RunRequest(asset_selection=[dg.AssetKey("query_corpus")], tags=tags)]
-    if first in PARTITIONED:
-        partitions = sorted({i.partition for i in items if i.asset in PARTITIONED})
+    partitioned = partitioned_names()
+    if first == stage_names()[0]:
+        return [dg.RunRequest(asset_selection=[dg.AssetKey(first)], tags=tags)]
+    if first in partitioned:
+        partitions = sorted({i.partition for i in items if i.asset in partitioned})
         requests = []
         for p in partitions:
-            # Fresh outputs with stale scores: score only. Stale outputs: both, in one run.
-            outputs_stale = any(i.asset == PARTITIONED[0] and i.partition == p for i in items)
-            assets = PARTITIONED if outputs_stale else PARTITIONED[1:]
+            # Each partition runs from its first stale stage on (fresh outputs with stale
+            # scores: score only), its partitioned stages in one run.
+            stale_here = [partitioned.index(i.asset) for i in items
+                          if i.asset in partitioned and i.partition == p]
+            assets = partitioned[min(stale_here):]
             requests.append(dg.RunRequest(asset_selection=[dg.AssetKey(a) for a in assets],
                                           partition_key=p, tags=tags, run_key=f"{tick}:{p}"))
         return requests
@@ -123,11 +123,8 @@ def build_automation(settings: OrchestrationConfig) -> tuple[list, list]:
         items = stale_items(context.instance, graph, ["query_corpus"])
         if not items:
             return dg.SensorResult(skip_reason="query_corpus is up to date", cursor=version)
-        wanted = downstream_closure(graph, items)
-        subset = AssetGraphSubset.from_asset_partition_set(
-            {AssetKeyPartitionKey(dg.AssetKey(a), p) for a, p in wanted}, graph)
-        request = dg.RunRequest.for_asset_graph_subset(
-            subset, tags={LAUNCHED_BY: "corpus_inbox_sensor", **cfg.orchestration.run_tags()})
+        request = backfill_request(downstream_closure(graph, items), graph, tags={
+            LAUNCHED_BY: "corpus_inbox_sensor", **cfg.orchestration.run_tags()})
         return dg.SensorResult(run_requests=[request], cursor=version)
 
     automation = dg.AutomationConditionSensorDefinition(

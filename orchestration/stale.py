@@ -13,31 +13,40 @@ sensor:
   same data stops the cascade). The schedule and the sensor launch runs for the daemon instead
   (see automation.py); the downstream stages in those runs are memoized.
 
-Dagster's stale-status resolver and asset-graph view live in `dagster._core`: they are what the
-web UI uses, but not public API, so they are imported in this one file.
+Dagster's stale-status resolver is not public API: it is reached through
+orchestration/dagster_internals.py, the one module that imports dagster._core. The order of the
+stages and which of them are partitioned come from the declared stage list
+(distill_dag/stages/__init__.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import dagster as dg
-from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-from dagster._core.definitions.data_version import (
-    DATA_VERSION_TAG,
-    CachingStaleStatusResolver,
-    StaleStatus,
-)
-from dagster._time import get_current_datetime
 
-from assets import ASSET_ORDER
-from assets._common import WORK_PREFIX
-from assets.sources import CORPUS_SOURCES, TEACHER_CONFIG
+from distill_dag.assets.stage_asset import WORK_PREFIX
 from distill_dag.config import ProjectConfig
+from distill_dag.orchestration.dagster_internals import (
+    MISSING,
+    STALE,
+    StaleResolver,
+    observation,
+)
+from distill_dag.stage import Stage, in_order
+from distill_dag.stages import CORPUS_FILES, STAGES, TEACHER_CONFIG
 
-PARTITIONED = ("teacher_outputs", "provenance_scores")
+
+def stage_names(stages: Sequence[Stage] = STAGES) -> list[str]:
+    """The stages' asset names in dependency order."""
+    return [s.name for s in in_order(stages)]
+
+
+def partitioned_names(stages: Sequence[Stage] = STAGES) -> list[str]:
+    """The teacher-partitioned stages, in dependency order."""
+    return [s.name for s in in_order(stages) if s.partitioned]
 
 
 @dataclass(frozen=True)
@@ -67,41 +76,23 @@ class StaleRun:
 
 def current_observations(project: ProjectConfig) -> list[tuple[str, str | None, str]]:
     """(source asset, partition, data version) of every observed input, from the config now."""
-    observed = [(CORPUS_SOURCES, None, project.corpus_sources_version())]
+    observed = [(CORPUS_FILES, None, project.corpus_sources_version())]
     observed += [(TEACHER_CONFIG, t.name, project.teacher_version(t.name))
                  for t in project.teachers]
     return observed
 
 
-def _resolver(instance: dg.DagsterInstance, graph) -> CachingStaleStatusResolver:
-    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(),
-                                                           last_event_id=None),
-                          instance=instance, asset_graph=graph)
-    return CachingStaleStatusResolver(instance, graph, view)
-
-
 def record_observations(instance: dg.DagsterInstance, graph, project: ProjectConfig
                         ) -> list[str]:
     """Record an observation for each source whose content changed; describe each one."""
-    resolver = _resolver(instance, graph)
+    resolver = StaleResolver(instance, graph)
     changed = []
     for asset, partition, version in current_observations(project):
-        current = resolver.get_current_data_version(dg.AssetKey(asset), partition)
-        if current.value == version:
+        if resolver.data_version(asset, partition) == version:
             continue
-        instance.report_runless_asset_event(dg.AssetObservation(
-            asset_key=asset, partition=partition, tags={DATA_VERSION_TAG: version},
-            metadata={"observed_by": "distill-dag"}))
+        instance.report_runless_asset_event(observation(asset, partition, version))
         changed.append(f"{asset}[{partition}]" if partition else asset)
     return changed
-
-
-def _cause_text(cause) -> str:
-    if cause.dependency is None:
-        return cause.reason
-    dep = cause.dependency.asset_key.to_user_string()
-    part = cause.dependency.partition_key
-    return f"{cause.reason}: {dep}[{part}]" if part else f"{cause.reason}: {dep}"
 
 
 def _partitions(graph, asset: str) -> list[str | None]:
@@ -110,43 +101,46 @@ def _partitions(graph, asset: str) -> list[str | None]:
 
 
 def stale_items(instance: dg.DagsterInstance, graph, assets: list[str] | None = None,
-                teachers: list[str] | None = None) -> list[StaleItem]:
+                teachers: list[str] | None = None, stages: Sequence[Stage] = STAGES
+                ) -> list[StaleItem]:
     """The missing or stale assets (partitions) now, in DAG order. Not transitive: what lies
     downstream of a stale asset is listed only once its inputs' data versions have changed."""
-    resolver = _resolver(instance, graph)
+    resolver = StaleResolver(instance, graph)
     items = []
-    for asset in assets or ASSET_ORDER:
-        key = dg.AssetKey(asset)
+    for asset in assets or stage_names(stages):
         for partition in _partitions(graph, asset):
             if partition is not None and teachers is not None and partition not in teachers:
                 continue
-            status = resolver.get_status(key, partition)
-            if status == StaleStatus.MISSING:
+            status = resolver.status(asset, partition)
+            if status == MISSING:
                 items.append(StaleItem(asset, partition, "missing"))
-            elif status == StaleStatus.STALE:
-                causes = tuple(_cause_text(c) for c in resolver.get_stale_causes(key, partition))
-                items.append(StaleItem(asset, partition, "stale", causes))
+            elif status == STALE:
+                items.append(StaleItem(asset, partition, "stale",
+                                       tuple(resolver.causes(asset, partition))))
     return items
 
 
-def downstream_closure(graph, items: list[StaleItem]) -> list[tuple[str, str | None]]:
+def downstream_closure(graph, items: list[StaleItem], stages: Sequence[Stage] = STAGES
+                       ) -> list[tuple[str, str | None]]:
     """The items and everything downstream of them (same teacher partition, or all of an
     unpartitioned asset's partitioned children), in DAG order: what a backfill must cover."""
+    order = stage_names(stages)
+    partitioned = partitioned_names(stages)
     wanted = {(i.asset, i.partition) for i in items}
-    for asset in ASSET_ORDER:  # DAG order: parents are complete before their children
+    for asset in order:  # DAG order: parents are complete before their children
         for parent, partition in list(wanted):
             if parent != asset:
                 continue
             for child in graph.get(dg.AssetKey(parent)).child_keys:
                 name = child.to_user_string()
-                if name not in ASSET_ORDER:
+                if name not in order:
                     continue
-                if name in PARTITIONED:
+                if name in partitioned:
                     targets = [partition] if partition else _partitions(graph, name)
                     wanted.update((name, p) for p in targets)
                 else:
                     wanted.add((name, None))
-    return sorted(wanted, key=lambda ap: (ASSET_ORDER.index(ap[0]), ap[1] or ""))
+    return sorted(wanted, key=lambda ap: (order.index(ap[0]), ap[1] or ""))
 
 
 def work_done(results: list[dg.ExecuteInProcessResult]) -> dict[str, int]:
@@ -164,7 +158,8 @@ def work_done(results: list[dg.ExecuteInProcessResult]) -> dict[str, int]:
 def materialize_stale(definitions: dg.Definitions, instance: dg.DagsterInstance,
                       teachers: list[str] | None = None, log_level: str = "INFO",
                       tags: dict[str, str] | None = None,
-                      on_step: Callable[[StaleItem], None] | None = None) -> StaleRun:
+                      on_step: Callable[[StaleItem], None] | None = None,
+                      stages: Sequence[Stage] = STAGES) -> StaleRun:
     """Materialize exactly what is missing or stale, stage by stage, and what that changes
     downstream. Raises on the first failing step (finished steps stay materialized)."""
     started = time.perf_counter()
@@ -176,8 +171,8 @@ def materialize_stale(definitions: dg.Definitions, instance: dg.DagsterInstance,
     graph = definitions.resolve_asset_graph()
     run = StaleRun(observed=record_observations(instance, graph, project))
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
-    for asset in ASSET_ORDER:
-        for item in stale_items(instance, graph, [asset], teachers):
+    for asset in stage_names(stages):
+        for item in stale_items(instance, graph, [asset], teachers, stages):
             if on_step:
                 on_step(item)
             run.results.append(dg.materialize(

@@ -1,5 +1,6 @@
-"""Dagster resources that adapt the pure core (distill_dag/) to a run."""
+"""Dagster resources that adapt the pure core (distill_dag/) to a run. Installed as
+distill_dag.resources."""
 
-from resources.project import ProjectResource, RuntimeResource, StoreResource
+from distill_dag.resources.project import ProjectResource, RuntimeResource, StoreResource
 
 __all__ = ["ProjectResource", "RuntimeResource", "StoreResource"]

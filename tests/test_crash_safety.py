@@ -23,7 +23,7 @@ from distill_dag.provenance.run import SCORES
 from distill_dag.store import Store
 from tests.conftest import TINY_CONFIG
 
-CLI = [sys.executable, "-m", "distill_dag.cli", "materialize", "--stale", "--no-progress",
+CLI = [sys.executable, "-m", "distill_dag.orchestration.cli", "materialize", "--stale", "--no-progress",
        "--device", "cpu"]
 
 

@@ -13,7 +13,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from distill_dag.definitions import build_definitions, materialize_all
+from distill_dag.orchestration.definitions import build_definitions, materialize_all
 from distill_dag.store import Store
 from tests.conftest import TINY_CONFIG
 
@@ -275,7 +275,7 @@ def test_a_config_edited_after_loading_stops_the_run(tmp_path):
 
 
 def test_chat_template_check_catches_a_template_that_drops_the_answer():
-    from assets.dataset import _template_problems
+    from distill_dag.stages.filtered_dataset import template_problems as _template_problems
 
     class DropsAssistant:  # a stand-in tokenizer whose template forgets assistant turns
         chat_template = "drops the assistant"

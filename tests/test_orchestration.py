@@ -17,10 +17,10 @@ import yaml
 
 from distill_dag.config import ConfigError, load_project_config
 from distill_dag.corpus import CorpusConfig, build_corpus
-from distill_dag.definitions import build_definitions
+from distill_dag.orchestration.definitions import build_definitions
 from distill_dag.orchestration_config import OrchestrationConfig
-from orchestration.stale import downstream_closure, record_observations, stale_items
-from resources import StoreResource
+from distill_dag.orchestration.stale import downstream_closure, record_observations, stale_items
+from distill_dag.resources import StoreResource
 from tests.conftest import TINY_CONFIG
 
 DISTILL = ["query_corpus", "teacher_outputs", "provenance_scores", "teacher_selection",
@@ -162,7 +162,7 @@ def _materialize(defs, instance, *selection):
 
 def test_backfill_schedule_launches_the_earliest_stale_stage(tmp_path):
     defs = build_definitions(_config(tmp_path), home=str(tmp_path / "home"))
-    schedule = defs.get_schedule_def("stale_backfill_schedule")
+    schedule = defs.resolve_schedule_def("stale_backfill_schedule")
     (tmp_path / "dh").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
         def tick():
@@ -185,7 +185,7 @@ def test_backfill_schedule_launches_the_earliest_stale_stage(tmp_path):
 
 def test_inbox_sensor_backfills_the_corpus_and_everything_downstream(tmp_path):
     defs = build_definitions(_config(tmp_path), home=str(tmp_path / "home"))
-    sensor = defs.get_sensor_def("corpus_inbox_sensor")
+    sensor = defs.resolve_sensor_def("corpus_inbox_sensor")
     (tmp_path / "dh").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
         graph = defs.resolve_asset_graph()

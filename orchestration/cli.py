@@ -18,9 +18,14 @@ import time
 def _materialize(args: argparse.Namespace) -> int:
     import polars as pl
 
-    from distill_dag.definitions import build_definitions, dagster_instance, materialize_all
     from distill_dag.generation.run import teacher_change_notes
+    from distill_dag.orchestration.definitions import (
+        build_definitions,
+        dagster_instance,
+        materialize_all,
+    )
     from distill_dag.store import Store
+    from distill_dag.tables import DISTILLED_CHECKPOINT, FILTERED_DATASET, TEACHER_METRICS
 
     home = os.path.abspath(args.home)
     started = time.perf_counter()
@@ -37,8 +42,8 @@ def _materialize(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
 
     store = Store(os.path.join(home, "store"))
-    metrics = store.read_table("teacher_metrics")
-    dataset = store.query("SELECT count(*) AS n FROM filtered_dataset")["n"][0]
+    metrics = store.read_table(TEACHER_METRICS)
+    dataset = store.query(f"SELECT count(*) AS n FROM {FILTERED_DATASET}")["n"][0]
     cols = ["rank", "teacher", "chosen", "pass_rate", "yield_per_query", "length_mean",
             "student_ppl_correct", "mean_d_ts", "teacher_sentence_fraction", "tokens_generated",
             "seconds"]
@@ -48,7 +53,7 @@ def _materialize(args: argparse.Namespace) -> int:
         print(metrics.select([c for c in cols if c in metrics.columns]))
     print(f"\nfiltered_dataset: {dataset} training records under "
           f"{os.path.join(home, 'artifacts', 'filtered_dataset')}")
-    checkpoint = store.read_table("distilled_checkpoint")
+    checkpoint = store.read_table(DISTILLED_CHECKPOINT)
     if checkpoint is not None and checkpoint.height:
         row = checkpoint.row(0, named=True)
         print(f"distilled_checkpoint: {row['path']} ({row['global_step']} steps)")
@@ -73,7 +78,7 @@ def _materialize(args: argparse.Namespace) -> int:
 
 
 def _materialize_stale(args: argparse.Namespace, defs, instance, project) -> int:
-    from orchestration.stale import (
+    from distill_dag.orchestration.stale import (
         downstream_closure,
         materialize_stale,
         record_observations,

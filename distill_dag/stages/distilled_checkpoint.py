@@ -1,0 +1,200 @@
+"""distilled_checkpoint: fine-tune the student on filtered_dataset into a Hugging Face folder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from typing import Any
+
+import polars as pl
+
+from distill_dag import tables
+from distill_dag.configbase import stable_hash
+from distill_dag.errors import DistillError, StageError
+from distill_dag.filtering import dataset_version as filtered_dataset_version
+from distill_dag.models import resolve_model
+from distill_dag.stage import WARN, Check, Json, Markdown, PathValue, StageContext, StageOutput
+from distill_dag.tracking import (
+    TrackedRun,
+    flat_params,
+    open_tracker,
+    redact_uri,
+    start_or_resume_run,
+)
+from distill_dag.training.data import TOKENIZATION_VERSION
+from distill_dag.training.train import MARKER, TrainingResult, train_student
+
+STAGE_VERSION = "1"
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja",
+                  MARKER)
+
+
+def training_records(ctx: StageContext) -> pl.DataFrame:
+    """filtered_dataset's rows, or a StageError saying what to do when there are none."""
+    if not ctx.store.table_exists(tables.FILTERED_DATASET):
+        raise StageError("distilled_checkpoint: filtered_dataset has not been materialized yet; "
+                         "materialize it first")
+    data = ctx.store.read_table(tables.FILTERED_DATASET)
+    if data.height == 0:
+        raise StageError("distilled_checkpoint: filtered_dataset has 0 rows, so there is "
+                         "nothing to train on and no checkpoint was registered. Loosen "
+                         "filtering, raise the teachers' num_samples, or add queries.")
+    return data
+
+
+def run_key(student_fingerprint: str, dataset_version: str, ctx: StageContext) -> str:
+    """Everything that decides the weights: a finished folder under this key is reused."""
+    return stable_hash({"student": student_fingerprint, "data": dataset_version,
+                        "training": ctx.project.training.fingerprint(), "stage": STAGE_VERSION,
+                        "tokenization": TOKENIZATION_VERSION})
+
+
+def _log_progress(ctx: StageContext):
+    last = [0.0]
+
+    def on_log(entry: dict) -> None:  # at most one line per 10 s in the step's log
+        if time.time() - last[0] <= 10:
+            return
+        if "loss" in entry:
+            last[0] = time.time()
+            ctx.log.info(f"step {entry['step']}: loss {entry['loss']:.4f}")
+        elif "'loss'" in entry.get("output", ""):  # a data-parallel worker's log line
+            last[0] = time.time()
+            ctx.log.info(entry["output"].strip())
+
+    return on_log
+
+
+def _log_result(ctx: StageContext, run: TrackedRun, result: TrainingResult) -> None:
+    try:
+        run.log_history((int(h["step"]), {k: v for k, v in h.items() if k != "step"})
+                        for h in result.loss_history)
+        run.log_metrics({"train_seconds": result.seconds,
+                         "supervised_tokens_per_s": result.supervised_tokens_per_s,
+                         "process_peak_rss_gb": result.peak_rss_gb,
+                         "examples": result.examples}, step=result.global_step)
+        run.set_tags({"checkpoint_hash": result.checkpoint_hash,
+                      "checkpoint_path": str(result.path)})
+        run.log_artifact(result.path / MARKER)
+        run.log_artifact(os.path.join(result.path, "chat_template.jinja"))
+        run.end()
+    except Exception as exc:  # the checkpoint is saved; losing the log must not lose it
+        ctx.log.warning(f"MLflow logging after training failed ({exc}); the checkpoint is "
+                        f"kept. MLflow run {run.run_id} may be incomplete.")
+        with contextlib.suppress(Exception):
+            run.end("FAILED")
+
+
+def train(ctx: StageContext, data: pl.DataFrame) -> tuple[TrainingResult, str, str]:
+    """Train (or reuse) the checkpoint for `data`: (result, dataset version, run key)."""
+    cfg = ctx.project
+    resolved = resolve_model(cfg.student.model)
+    dataset_version = filtered_dataset_version(data)
+    key = run_key(resolved.fingerprint, dataset_version, ctx)
+    run_dir = ctx.artifact_dir("distilled_checkpoint", key)
+    tracker = run = None
+    if not (run_dir / "model" / MARKER).exists():
+        tracker = open_tracker(cfg.tracking, ctx.home)
+        if tracker is not None and tracker.fallback_note:
+            ctx.log.warning(tracker.fallback_note)
+        # A run killed mid-training resumes from its saved step, and into its MLflow run.
+        run, resumed = start_or_resume_run(
+            tracker, run_dir, f"distilled_checkpoint {key}",
+            tags={"distill_dag.stage": "distilled_checkpoint",
+                  "dagster.run_id": ctx.run_id or "", "dataset_version": dataset_version})
+        if run is not None:
+            if resumed:
+                ctx.log.info(f"continuing MLflow run {run.run_id}")
+            run.log_params({**flat_params(cfg.training), "student.model": cfg.student.model,
+                            "student.fingerprint": resolved.fingerprint,
+                            "dataset_version": dataset_version, "records": data.height})
+    try:
+        result = train_student(
+            data["messages"].to_list(), cfg.student.model, cfg.training, run_dir,
+            info={"dataset_version": dataset_version, "run_key": key,
+                  "mlflow_run_id": run.run_id if run else None,
+                  "mlflow_tracking_uri": redact_uri(tracker.uri) if tracker else None},
+            device=ctx.device, show_progress=ctx.show_progress, on_log=_log_progress(ctx))
+    except BaseException as exc:
+        if run:
+            run.end("FAILED")
+        if isinstance(exc, DistillError):  # bad records, too few GPUs
+            raise StageError(f"distilled_checkpoint: {exc}", retryable=exc.retryable) from exc
+        raise
+    if run is not None:
+        _log_result(ctx, run, result)
+    return result, dataset_version, key
+
+
+def run(ctx: StageContext) -> StageOutput:
+    cfg = ctx.project
+    data = training_records(ctx)
+    result, dataset_version, key = train(ctx, data)
+    if result.resumed_from_step:
+        ctx.log.info(f"resumed from saved step {result.resumed_from_step}")
+    info = result.info
+    missing = [f for f in REQUIRED_FILES if not os.path.exists(result.path / f)]
+    if missing:
+        raise StageError(f"distilled_checkpoint: {result.path} lacks {missing}; "
+                         "it was not registered")
+    registered = pl.DataFrame([{
+        "path": str(result.path), "checkpoint_hash": result.checkpoint_hash,
+        "dataset_version": dataset_version, "run_key": key, "base_model": cfg.student.model,
+        "global_step": result.global_step, "mlflow_run_id": info.get("mlflow_run_id"),
+        "mlflow_tracking_uri": info.get("mlflow_tracking_uri"), "created_at": time.time()}])
+    ctx.store.write_table(tables.DISTILLED_CHECKPOINT, registered)
+    ctx.log.info(f"checkpoint {result.path} ("
+                 f"{'trained' if result.trained_now else 'reused'}, {result.global_step} steps)")
+    return StageOutput(
+        tables={tables.DISTILLED_CHECKPOINT: registered},
+        metadata=_metadata(ctx, result, dataset_version),
+        work={"training_steps": result.steps_run if result.trained_now else 0},
+        data_version=result.checkpoint_hash,
+        checks=_checks(result, missing),
+    )
+
+
+def _losses(result: TrainingResult) -> list[dict]:
+    return [h for h in result.loss_history if "loss" in h]
+
+
+def _metadata(ctx: StageContext, result: TrainingResult, dataset_version: str) -> dict[str, Any]:
+    losses, info = _losses(result), result.info
+    metadata: dict[str, Any] = {
+        "path": PathValue(str(result.path)),
+        "checkpoint_hash": result.checkpoint_hash,
+        "dataset_version": dataset_version,
+        "trained_now": result.trained_now,
+        "method": ctx.project.training.method,
+        "global_step": result.global_step,
+        "steps_run_now": result.steps_run,
+        "resumed_from_step": result.resumed_from_step,
+        "examples": info.get("examples", result.examples),
+        "load_with": Markdown(f"```python\nfrom transformers import AutoModelForCausalLM\nmodel = "
+                              f"AutoModelForCausalLM.from_pretrained({str(result.path)!r})\n```"),
+        "loss_curve": Json([{"step": int(h["step"]), "loss": round(h["loss"], 4)}
+                            for h in losses]),
+    }
+    if losses:
+        metadata.update({"loss_first": losses[0]["loss"], "loss_last": losses[-1]["loss"]})
+    if result.trained_now:
+        metadata.update({"train_seconds": round(result.seconds, 1),
+                         "supervised_tokens_per_s": round(result.supervised_tokens_per_s, 1),
+                         "process_peak_rss_gb": round(result.peak_rss_gb, 2),
+                         "precision": result.precision,
+                         "dropped_too_long": result.dropped_too_long})
+    if info.get("mlflow_run_id"):
+        metadata["mlflow_run_id"] = info["mlflow_run_id"]
+        metadata["mlflow_tracking_uri"] = str(info.get("mlflow_tracking_uri"))
+    return metadata
+
+
+def _checks(result: TrainingResult, missing: list[str]) -> list[Check]:
+    losses = _losses(result)
+    first, last = (losses[0]["loss"], losses[-1]["loss"]) if losses else (None, None)
+    return [
+        Check("hf_folder", passed=not missing, metadata={"missing": ", ".join(missing) or "none"}),
+        Check("loss_decreased", severity=WARN, passed=bool(losses) and last < first,
+              metadata={"loss_first": first or 0.0, "loss_last": last or 0.0}),
+    ]

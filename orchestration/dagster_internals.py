@@ -1,0 +1,83 @@
+"""The one module that touches Dagster's private API (dagster._core, dagster._time).
+
+The stale engine needs what the web UI uses to decide that an asset is stale, and the inbox
+sensor a backfill over chosen asset partitions; neither is public API in Dagster 1.13. Every use
+is wrapped in a small function here, and tests/test_dagster_internals.py calls each of them on a
+real instance, so an upgrade that moves or changes one fails a test named after the function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import dagster as dg
+from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+from dagster._core.definitions.data_version import (
+    DATA_VERSION_TAG,
+    CachingStaleStatusResolver,
+    StaleStatus,
+)
+from dagster._core.definitions.events import AssetKeyPartitionKey
+from dagster._core.execution.backfill import BulkActionStatus
+from dagster._time import get_current_datetime
+
+MISSING = "missing"
+STALE = "stale"
+FRESH = "fresh"
+
+
+class StaleResolver:
+    """Staleness as the web UI computes it: per asset (partition), with causes."""
+
+    def __init__(self, instance: dg.DagsterInstance, graph) -> None:
+        view = AssetGraphView(
+            temporal_context=TemporalContext(effective_dt=get_current_datetime(),
+                                             last_event_id=None),
+            instance=instance, asset_graph=graph)
+        self._resolver = CachingStaleStatusResolver(instance, graph, view)
+
+    def status(self, asset: str, partition: str | None) -> str:
+        """"missing", "stale" or "fresh"."""
+        status = self._resolver.get_status(dg.AssetKey(asset), partition)
+        if status == StaleStatus.MISSING:
+            return MISSING
+        return STALE if status == StaleStatus.STALE else FRESH
+
+    def causes(self, asset: str, partition: str | None) -> list[str]:
+        """Why an asset (partition) is stale, one line per cause."""
+        out = []
+        for cause in self._resolver.get_stale_causes(dg.AssetKey(asset), partition):
+            if cause.dependency is None:
+                out.append(cause.reason)
+                continue
+            dep = cause.dependency.asset_key.to_user_string()
+            part = cause.dependency.partition_key
+            out.append(f"{cause.reason}: {dep}[{part}]" if part else f"{cause.reason}: {dep}")
+        return out
+
+    def data_version(self, asset: str, partition: str | None) -> str | None:
+        """The current data version of an asset (partition), observed sources included."""
+        return self._resolver.get_current_data_version(dg.AssetKey(asset), partition).value
+
+
+def observation(asset: str, partition: str | None, version: str) -> dg.AssetObservation:
+    """An observation that records `version` as the data version of a source asset."""
+    return dg.AssetObservation(asset_key=asset, partition=partition,
+                               tags={DATA_VERSION_TAG: version},
+                               metadata={"observed_by": "distill-dag"})
+
+
+def backfill_request(items: Iterable[tuple[str, str | None]], graph,
+                     tags: dict[str, str]) -> dg.RunRequest:
+    """One backfill over exactly these (asset, partition) pairs."""
+    subset = AssetGraphSubset.from_asset_partition_set(
+        {AssetKeyPartitionKey(dg.AssetKey(a), p) for a, p in items}, graph)
+    return dg.RunRequest.for_asset_graph_subset(subset, tags=tags)
+
+
+def requested_backfill_tags(instance: dg.DagsterInstance, limit: int = 20
+                            ) -> list[dict[str, str]]:
+    """The tags of the backfills that are still requested (unfinished)."""
+    return [dict(b.tags) for b in instance.get_backfills(status=BulkActionStatus.REQUESTED,
+                                                          limit=limit)]

@@ -1,0 +1,75 @@
+"""Each wrapper around Dagster's private API, called on a real instance: after a Dagster upgrade
+that moves or changes what one of them uses, the test named after that function fails."""
+
+from __future__ import annotations
+
+import warnings
+
+import dagster as dg
+import pytest
+
+from distill_dag.orchestration import dagster_internals as internals
+
+
+def _definitions(upstream_version: str = "1") -> dg.Definitions:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+
+        @dg.observable_source_asset(name="source_files")
+        def source_files():
+            return dg.DataVersion("v1")
+
+    partitions = dg.StaticPartitionsDefinition(["a", "b"])
+
+    @dg.asset(deps=["source_files"], code_version=upstream_version)
+    def upstream():
+        return dg.MaterializeResult(data_version=dg.DataVersion("u1"))
+
+    @dg.asset(deps=[upstream], code_version="1", partitions_def=partitions)
+    def downstream():
+        return dg.MaterializeResult(data_version=dg.DataVersion("d1"))
+
+    return dg.Definitions(assets=[source_files, upstream, downstream])
+
+
+@pytest.fixture
+def graph_and_instance():
+    defs = _definitions()
+    with dg.instance_for_test() as instance:
+        yield defs, defs.resolve_asset_graph(), instance
+
+
+def test_stale_resolver_status_and_causes(graph_and_instance):
+    defs, graph, instance = graph_and_instance
+    resolver = internals.StaleResolver(instance, graph)
+    assert resolver.status("upstream", None) == internals.MISSING
+    assert resolver.status("downstream", "a") == internals.MISSING
+    dg.materialize(defs.assets[1:2], instance=instance)
+    assert internals.StaleResolver(instance, graph).status("upstream", None) == internals.FRESH
+    # A new code version makes it stale, with a cause naming why.
+    resolver = internals.StaleResolver(instance, _definitions("2").resolve_asset_graph())
+    assert resolver.status("upstream", None) == internals.STALE
+    assert any("code version" in c for c in resolver.causes("upstream", None))
+
+
+def test_observation_and_data_version(graph_and_instance):
+    _, graph, instance = graph_and_instance
+    assert internals.StaleResolver(instance, graph).data_version("source_files", None) != "v7"
+    instance.report_runless_asset_event(internals.observation("source_files", None, "v7"))
+    assert internals.StaleResolver(instance, graph).data_version("source_files", None) == "v7"
+
+
+def test_backfill_request(graph_and_instance):
+    _, graph, _ = graph_and_instance
+    request = internals.backfill_request([("upstream", None), ("downstream", "b")], graph,
+                                         tags={"who": "test"})
+    assert request.tags["who"] == "test"
+    subset = request.asset_graph_subset
+    assert dg.AssetKey("upstream") in subset.non_partitioned_asset_keys
+    assert set(subset.partitions_subsets_by_asset_key[dg.AssetKey("downstream")]
+               .get_partition_keys()) == {"b"}
+
+
+def test_requested_backfill_tags(graph_and_instance):
+    _, _, instance = graph_and_instance
+    assert internals.requested_backfill_tags(instance) == []
