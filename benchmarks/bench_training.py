@@ -4,7 +4,8 @@ Prints useful (non-padding) training tokens/s and peak memory (RSS) of:
 - "trl default": ``SFTTrainer`` with default ``SFTConfig`` settings (its defaults: no packing,
   padding to the longest example of the batch, gradient checkpointing on, bf16 mixed precision
   where available), given the same chat records as a conversational ``messages`` dataset;
-- "ours (full)": distill-dag's trainer settings (``distill_dag.training.train.sft_config``:
+- "ours (full)": distill-dag's trainer settings (``distill_dag.training.objectives.sft.sft_config``
+  over ``distill_dag.training.train.trainer_arguments``:
   our own loss-masked tokenization, no gradient checkpointing, bf16 mixed precision, and
   ``packing: auto``, which on CPU means padded batches of similar-length examples), same model,
   same records, same ``per_device_train_batch_size``, full fine-tuning as TRL's default;
@@ -87,7 +88,8 @@ def run_one(variant: str, n_records: int, steps: int, batch_size: int) -> dict:
     from distill_dag.models import resolve_model
     from distill_dag.training.config import TrainingConfig
     from distill_dag.training.data import tokenize_records
-    from distill_dag.training.train import _lora_config, sft_config, to_dataset, use_packing
+    from distill_dag.training.objectives.sft import sft_config, to_dataset
+    from distill_dag.training.train import _lora_config, trainer_arguments, use_packing
 
     torch.manual_seed(0)
     hf_dir = resolve_model(MODEL).hf_dir
@@ -107,7 +109,8 @@ def run_one(variant: str, n_records: int, steps: int, batch_size: int) -> dict:
             cfg = TrainingConfig(method=method, batch_size=batch_size, max_steps=steps,
                                  logging_steps=10**6)
             packing = True if "packed" in variant else use_packing(cfg, model)
-            args = sft_config(cfg, tmp, "cpu", False, packing, save_strategy="no")
+            args = sft_config(trainer_arguments(cfg, tmp, "cpu", False), cfg.max_length, packing,
+                              save_strategy="no")
             tokenized = tokenize_records(tok, data, cfg.max_length)
             trainer = SFTTrainer(model=model, args=args, processing_class=tok,
                                  train_dataset=to_dataset(tokenized),

@@ -7,14 +7,24 @@ Every error names the file and the config path of the offending field.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import yaml
 
-from distill_dag.configbase import ConfigError, check_keys, stable_hash
+from distill_dag.configbase import (
+    Config,
+    ConfigError,
+    build_config,
+    check_keys,
+    setting,
+    stable_hash,
+)
 from distill_dag.corpus.config import CorpusConfig
 from distill_dag.evaluation.config import EvalConfig
 from distill_dag.filtering import FilterConfig
@@ -27,24 +37,41 @@ from distill_dag.training.config import TrackingConfig, TrainingConfig
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 
-RESERVED_TEACHER_PREFIXES = ("eval-", "student-")
-
 
 @dataclass
-class ProjectConfig:
-    """Everything a run of the DAG is about; see configs/default.yaml for a commented example."""
+class ProjectConfig(Config):
+    """Everything a run of the DAG is about; see configs/default.yaml for a commented example
+    and docs/config.md for every setting."""
 
-    teachers: list[TeacherConfig]  # one Dagster partition each; at least one
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
-    selection: RankingRule = field(default_factory=RankingRule)
-    filtering: FilterConfig = field(default_factory=FilterConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    evaluation: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    orchestration: OrchestrationConfig = field(default_factory=OrchestrationConfig)
-    source: str = "<dict>"  # where this config was read from (for messages)
+    RENAMED_KEYS: ClassVar[Mapping[str, str]] = MappingProxyType({"selection": "teacher_ranking"})
+
+    teachers: list[TeacherConfig] = setting(
+        doc="The teachers: (model, backend, prompt, sampling) each; one Dagster partition each. "
+        "At least one; names are unique.")
+    corpus: CorpusConfig = setting(
+        factory=CorpusConfig, doc="Where the queries come from and how they are curated and "
+        "split.")
+    student: StudentConfig = setting(
+        factory=StudentConfig, doc="The model distilled into, and its zero-shot prompt.")
+    provenance: ProvenanceConfig = setting(
+        factory=ProvenanceConfig, doc="How provenance_scores scores and categorizes sentences.")
+    teacher_ranking: RankingRule = setting(
+        factory=RankingRule, doc="The rule teacher_selection ranks and chooses teachers by "
+        "(formerly `selection`).")
+    filtering: FilterConfig = setting(
+        factory=FilterConfig, doc="Which samples of the chosen teachers become training "
+        "records (the best-of-N rule, curation, budget).")
+    training: TrainingConfig = setting(
+        factory=TrainingConfig, doc="How distilled_checkpoint fine-tunes the student.")
+    evaluation: EvalConfig = setting(
+        factory=EvalConfig, doc="How eval_report compares the base and distilled student.")
+    tracking: TrackingConfig = setting(
+        factory=TrackingConfig, doc="Where MLflow runs go.", output=False)
+    orchestration: OrchestrationConfig = setting(
+        factory=OrchestrationConfig, doc="Retries, run time limits, the backfill schedule, the "
+        "executor.", output=False)
+    source: str = setting("<dict>", "Where this config was read from (set by the loader, for "
+                          "messages; not a key of the file).", output=False)
 
     def __post_init__(self) -> None:
         if not self.teachers:
@@ -53,12 +80,6 @@ class ProjectConfig:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"{self.source}: teachers: duplicate teacher name(s) {duplicates}")
-        # Generations are stored by name; these prefixes hold eval_report's and the difficulty
-        # filter's own generations.
-        reserved = [n for n in names if n.startswith(RESERVED_TEACHER_PREFIXES)]
-        if reserved:
-            raise ConfigError(f"{self.source}: teachers: name(s) {reserved} start with a "
-                              f"reserved prefix {RESERVED_TEACHER_PREFIXES}; rename them")
 
     def teacher(self, name: str) -> TeacherConfig:
         for teacher in self.teachers:
@@ -67,15 +88,22 @@ class ProjectConfig:
         raise KeyError(f"no teacher {name!r} in {self.source}; known: "
                        + ", ".join(t.name for t in self.teachers))
 
-    def fingerprint(self) -> str:
-        """A hash of every section: equal exactly when two loads of the config agree."""
-        return self.section_hash("corpus", "teachers", "student", "provenance", "selection",
-                                 "filtering", "training", "evaluation", "tracking")
+    def fingerprint(self, length: int = 8) -> str:
+        """A hash of every section's whole content (orchestration aside): equal exactly when two
+        loads of the config agree, which is what the partitions and code versions of a loaded
+        code location were derived from. Not what changes outputs: that is each section's own
+        `fingerprint()` / `output_settings()`."""
+        names = [f.name for f in dataclasses.fields(self)
+                 if f.name not in ("orchestration", "source")]
+        return stable_hash(self._sections(names), length=length)
 
     def section_hash(self, *names: str) -> str:
-        """A hash of config sections: part of a stage's code_version, so editing them shows it
-        as changed in Dagster."""
-        return stable_hash({n: _plain(getattr(self, n)) for n in names}, length=8)
+        """A hash of config sections' whole content: part of a stage's code_version, so editing
+        them shows it as changed in Dagster."""
+        return stable_hash(self._sections(names), length=8)
+
+    def _sections(self, names: Any) -> dict[str, Any]:
+        return {_HASHED_AS.get(n, n): _plain(getattr(self, n)) for n in names}
 
     def corpus_settings_hash(self) -> str:
         """section_hash('corpus') with file and inbox paths cut to their names: the files'
@@ -90,24 +118,14 @@ class ProjectConfig:
 
     def teacher_version(self, name: str) -> str:
         """A hash of one teacher's settings: the observed data version of its config partition,
-        so editing one teacher makes only that teacher's partition stale."""
-        plain = _plain(self.teacher(name))
-        # How fast or where it runs changes no output: batch size, the server's address,
-        # concurrency, rate limits, retries, prices.
-        plain.pop("batch_size", None)
-        if plain.get("endpoint"):
-            plain["endpoint"] = {"model": plain["endpoint"]["model"],
-                                 "api": plain["endpoint"]["api"],
-                                 "logprobs": plain["endpoint"]["logprobs"]}
-        if plain.get("vllm"):  # GPUs, memory and speed settings change no output
-            plain["vllm"] = self.teacher(name).vllm.output_settings()
-        else:  # absent for other backends: existing teachers keep their versions
-            plain.pop("vllm", None)
-        return stable_hash(plain, length=12)
+        so editing one teacher makes only that teacher's partition stale (TeacherConfig.version:
+        batch size, placement and speed settings change no output and stay out)."""
+        return self.teacher(name).version()
 
     def teacher_gpus(self) -> int:
-        """GPUs the largest teacher needs in one step: its vLLM tensor_parallel_size (else 1)."""
-        return max([t.vllm.tensor_parallel_size for t in self.teachers if t.vllm] or [1])
+        """GPUs the largest teacher needs in one step (its backend's count: vLLM's
+        tensor_parallel_size; 1 for the others)."""
+        return max(t.gpus() for t in self.teachers)
 
     def corpus_sources_version(self) -> str:
         """A hash of the corpus files' contents (inbox included): the observed data version of
@@ -117,40 +135,38 @@ class ProjectConfig:
         return stable_hash(sources_fingerprint(self.corpus.all_sources()), length=12)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> ProjectConfig:
+    def from_dict(cls, data: Any, source: str = "<dict>") -> ProjectConfig:
+        """Build from the file's mapping: every section by the shared builder (errors name
+        their config path, e.g. ``teachers[1].sampling.temperature``), prefixed with `source`."""
         try:
             check_keys(cls, data, "config")
             if "source" in data:
                 raise ConfigError("config: 'source' is set by the loader, not the file")
-            teachers = data.get("teachers") or []
-            if not isinstance(teachers, list):
-                raise ConfigError("teachers: expected a list of teachers")
-            return cls(
-                teachers=[TeacherConfig.from_dict(t, f"teachers[{i}]")
-                          for i, t in enumerate(teachers)],
-                corpus=CorpusConfig.from_dict(data.get("corpus") or {}, "corpus"),
-                student=StudentConfig.from_dict(data.get("student") or {}, "student"),
-                provenance=ProvenanceConfig.from_dict(data.get("provenance") or {}, "provenance"),
-                selection=RankingRule.from_dict(data.get("selection") or {}, "selection"),
-                filtering=FilterConfig.from_dict(data.get("filtering") or {}, "filtering"),
-                training=TrainingConfig.from_dict(data.get("training") or {}, "training"),
-                evaluation=EvalConfig.from_dict(data.get("evaluation") or {}, "evaluation"),
-                tracking=TrackingConfig.from_dict(data.get("tracking") or {}, "tracking"),
-                orchestration=OrchestrationConfig.from_dict(data.get("orchestration") or {},
-                                                            "orchestration"),
-                source=source,
-            )
+            # An empty section (`corpus:` with nothing under it) takes its defaults.
+            data = {k: v for k, v in data.items() if v is not None}
+            data.setdefault("teachers", [])
+            return build_config(cls, {**data, "source": source}, "")
         except (ValueError, TypeError) as exc:
             if str(exc).startswith(source):
                 raise
             raise ConfigError(f"{source}: {exc}") from exc
 
 
+# Sections and fields hash under their names from before a rename (`RENAMED_KEYS`), so renaming
+# a key changes no code version and makes nothing stale.
+_HASHED_AS = {new: old for old, new in ProjectConfig.RENAMED_KEYS.items()}
+
+
 def _plain(value: Any) -> Any:
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
+    """dataclasses.asdict, with renamed fields under their old names (see _HASHED_AS)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        old = {new: old for old, new in getattr(value, "RENAMED_KEYS", {}).items()}
+        return {old.get(f.name, f.name): _plain(getattr(value, f.name))
+                for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
     return value
 
 

@@ -3,9 +3,10 @@
 DED (DESIGN.md) drops the questions the student already solves (about 75% of theirs): training
 on them teaches little and costs compute. The base student answers each training query k times
 (sampled, in its own zero-shot prompt) through the same memoized generation path as the
-teachers, stored under the name ``student-difficulty``: a rerun generates nothing, and changing
-k generates only the new sample indices. Queries whose pass rate falls outside
-[min_pass_rate, max_pass_rate] are left out of the training set.
+teachers, in its own namespace (``student``/``difficulty``: store/generations_student/difficulty,
+which no teacher name can reach): a rerun generates nothing, and changing k generates only the
+new sample indices. Queries whose pass rate falls outside [min_pass_rate, max_pass_rate] are
+left out of the training set.
 """
 
 from __future__ import annotations
@@ -14,45 +15,46 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from distill_dag.configbase import check_int, check_number
-from distill_dag.generation.config import SamplingConfig, StudentConfig, TeacherConfig
+from distill_dag.configbase import Config, ConfigError, check_int, check_number, setting
+from distill_dag.generation.config import StudentConfig
+from distill_dag.generation.run import Namespace, generate, verify_outputs
+from distill_dag.generation.spec import GenerationSpec, SamplingConfig
 from distill_dag.store import Store
 
-STORE_NAME = "student-difficulty"  # the generation chunks' folder (never a teacher's name)
+NAMESPACE = Namespace("student", "difficulty")  # where the student's answers are memoized
 
 
 @dataclass
-class DifficultyConfig:
+class DifficultyConfig(Config):
     """How the student's pass rate per training query is measured and which band is kept."""
 
-    num_samples: int = 0
-    """k answers of the base student per training query; 0 turns the difficulty filter off
-    (it costs k generations per query, like a teacher)."""
-    min_pass_rate: float = 0.0
-    """Queries the student solves less often than this are dropped (too hard to learn from).
-    0 keeps the ones it never solves, which are what a teacher can add (DED); open-r1 keeps
-    0.1-0.9 for RL, where a query needs some successes."""
-    max_pass_rate: float = 0.9
-    """Queries the student solves more often than this are dropped (already solved: DED's
-    question compression). With k = 4 the default drops those it solves 4 times out of 4."""
-    temperature: float = 0.7
-    """Sampling temperature of the k answers (> 0: k greedy answers would all agree)."""
-    top_k: int = 50
-    """Top-k filter of the k answers (0 disables it)."""
-    max_new_tokens: int = 64
-    """Token budget per answer; an answer cut at the budget counts as not solved."""
-    batch_size: int = 32
-    """Prompts per generate() call."""
-    seed: int = 0
-    """Seeds the sampling."""
+    num_samples: int = setting(0, "k answers of the base student per training query; 0 turns "
+                                  "the difficulty filter off (it costs k generations per query, "
+                                  "like a teacher).")
+    min_pass_rate: float = setting(0.0, "Queries the student solves less often than this are "
+                                        "dropped (too hard to learn from). 0 keeps the ones it "
+                                        "never solves, which are what a teacher can add (DED); "
+                                        "open-r1 keeps 0.1-0.9 for RL, where a query needs some "
+                                        "successes.")
+    max_pass_rate: float = setting(0.9, "Queries the student solves more often than this are "
+                                        "dropped (already solved: DED's question compression). "
+                                        "With k = 4 the default drops those it solves 4 times "
+                                        "out of 4.")
+    temperature: float = setting(0.7, "Sampling temperature of the k answers (> 0: k greedy "
+                                      "answers would all agree).")
+    top_k: int = setting(50, "Top-k filter of the k answers (0 disables it).")
+    max_new_tokens: int = setting(64, "Token budget per answer; an answer cut at the budget "
+                                      "counts as not solved.")
+    batch_size: int = setting(32, "Prompts per generate() call.", output=False)
+    seed: int = setting(0, "Seeds the sampling.")
 
     def __post_init__(self) -> None:
         check_int("num_samples", self.num_samples, 0)
         check_number("min_pass_rate", self.min_pass_rate, 0.0, 1.0)
         check_number("max_pass_rate", self.max_pass_rate, 0.0, 1.0)
         if self.min_pass_rate > self.max_pass_rate:
-            raise ValueError(f"min_pass_rate {self.min_pass_rate} exceeds max_pass_rate "
-                             f"{self.max_pass_rate}: the band would keep nothing")
+            raise ConfigError(f"min_pass_rate {self.min_pass_rate} exceeds max_pass_rate "
+                              f"{self.max_pass_rate}: the band would keep nothing")
         check_number("temperature", self.temperature, 1e-6, 5.0)
         check_int("top_k", self.top_k, 0)
         check_int("max_new_tokens", self.max_new_tokens)
@@ -63,13 +65,13 @@ class DifficultyConfig:
     def enabled(self) -> bool:
         return self.num_samples > 0
 
-    def as_teacher(self, student: StudentConfig) -> TeacherConfig:
-        """The base student as a generation config: its model and zero-shot prompt."""
+    def spec(self, student: StudentConfig) -> GenerationSpec:
+        """The base student as a generation: its model and zero-shot prompt, k samples."""
         sampling = SamplingConfig(temperature=self.temperature, top_k=self.top_k,
                                   max_new_tokens=self.max_new_tokens,
                                   num_samples=self.num_samples, seed=self.seed)
-        return TeacherConfig(name=STORE_NAME, model=student.model, prompt=student.prompt,
-                             sampling=sampling, batch_size=self.batch_size)
+        return GenerationSpec(model=student.model, prompt=student.prompt, sampling=sampling,
+                              batch_size=self.batch_size)
 
 
 @dataclass
@@ -83,10 +85,8 @@ def student_pass_rates(student: StudentConfig, cfg: DifficultyConfig, queries: p
                        store: Store, device: str = "auto", dtype: str = "auto",
                        show_progress: bool = True) -> StudentPassRates:
     """k verified answers of the base student per query in `queries`; its pass rate on each."""
-    from distill_dag.generation.run import generate_teacher_outputs, verify_outputs
-
-    summary = generate_teacher_outputs(cfg.as_teacher(student), queries, store, device=device,
-                                       dtype=dtype, show_progress=show_progress)
+    summary = generate(cfg.spec(student), NAMESPACE, queries, store, device=device, dtype=dtype,
+                       show_progress=show_progress)
     verified = verify_outputs(summary.outputs, queries)
     per_query = verified.group_by("query_id").agg(
         pl.len().cast(pl.Int64).alias("student_samples"),

@@ -15,76 +15,97 @@ kept in their own table (negatives for a later contrastive stage such as REDI).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
 
-from distill_dag.configbase import ConfigError, build_config, check_keys
+from distill_dag.configbase import Config, ConfigError, check_int, check_number, setting
 from distill_dag.difficulty import DifficultyConfig, in_band
 from distill_dag.diversity import DIVERSITY_METRICS
 from distill_dag.generation.config import PromptConfig
 
-SELECTION_RULES = ("teacher_count", "teacher_fraction", "shortest", "random")
+BEST_OF_N_RULES = ("teacher_count", "teacher_fraction", "shortest", "random")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    check_int(f"filtering.{name}", value, minimum)
+
+
+def _check_number(name: str, value: Any, low: float, high: float | None = None) -> None:
+    check_number(f"filtering.{name}", value, low, high)
 
 
 @dataclass
-class FilterConfig:
+class FilterConfig(Config):
     """What makes a sample good enough to train on, and how many to keep."""
 
-    selection: str = "teacher_count"  # best-of-N rule per query; one of SELECTION_RULES
-    per_query: int = 1  # responses kept per query (the top ones by the selection rule)
-    min_completion_tokens: int = 1  # drop shorter responses
-    max_completion_tokens: int = 4096  # drop longer responses (and those cut at max_new_tokens)
-    drop_truncated: bool = True  # drop responses that hit max_new_tokens (finish_reason length)
-    budget: int | None = None  # at most this many training records (None: no cap)
-    seed: int = 0  # only used by selection "random" and to subsample under a budget
-    # The base student's pass rate per query and the band of queries kept (off by default:
-    # it costs k student generations per training query). See difficulty.py.
-    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
-    # Drop a correct response more than this many times longer than the query's shortest
-    # correct one (in characters, so teachers with different tokenizers compare fairly); None
-    # keeps every length. 1.5-2 prunes rambling traces.
-    concise_ratio: float | None = None
-    # How slots 2..per_query are filled: "none" (the next best by `selection`), "edit" or
-    # "embedding" (the most mutually distant responses, see diversity.py).
-    diversity: str = "none"
-    # Never keep two responses of a query closer than this (0-1 edit distance, 0-2 cosine).
-    min_diversity_distance: float = 0.0
-    diversity_embed_model: str = "pkg:all-minilm-l6-v2"  # for diversity "embedding"
-    # filtered_dataset's removal_share check warns when the difficulty band or the concise
-    # filter removes more than this share of what it was given.
-    warn_removed_share: float = 0.8
+    WHERE: ClassVar[str] = "filtering"
+    RENAMED_KEYS: ClassVar[Mapping[str, str]] = MappingProxyType({"selection": "best_of_n"})
+
+    best_of_n: str = setting(
+        "teacher_count", "How the responses of one query are ranked (best first): "
+        '"teacher_count" (most Teacher sentences), "teacher_fraction" (highest share of '
+        'Teacher sentences), "shortest", or "random" (seeded). Ties go to the shorter '
+        "response, then the request key.")
+    per_query: int = setting(
+        1, "Responses kept per query (>= 1): the top ones by best_of_n (or by diversity).")
+    min_completion_tokens: int = setting(1, "Drop responses shorter than this (tokens, >= 0).")
+    max_completion_tokens: int = setting(
+        4096, "Drop responses longer than this (tokens; and those cut at max_new_tokens).")
+    drop_truncated: bool = setting(
+        True, "Drop responses that hit max_new_tokens (finish_reason length).")
+    budget: int | None = setting(
+        None, "At most this many training records (a seeded random subset); null: no cap.")
+    seed: int = setting(
+        0, 'Seeds best_of_n "random" and the subset kept under a budget.')
+    difficulty: DifficultyConfig = setting(
+        factory=DifficultyConfig,
+        doc="The base student's pass rate per query and the band of queries kept (off by "
+        "default: it costs k student generations per training query). See difficulty.py.")
+    concise_ratio: float | None = setting(
+        None, "Drop a correct response more than this many times longer than the query's "
+        "shortest correct one (in characters, so teachers with different tokenizers compare "
+        "fairly); >= 1, or null to keep every length. 1.5-2 prunes rambling traces.")
+    diversity: str = setting(
+        "none", 'How slots 2..per_query are filled: "none" (the next best by best_of_n), '
+        '"edit" or "embedding" (the most mutually distant responses, see diversity.py).')
+    min_diversity_distance: float = setting(
+        0.0, "Never keep two responses of a query closer than this (0-1 edit distance, 0-2 "
+        "cosine distance); 0 sets no floor.")
+    diversity_embed_model: str = setting(
+        "pkg:all-minilm-l6-v2", 'The embedding model of diversity "embedding".')
+    warn_removed_share: float = setting(
+        0.8, "filtered_dataset's removal_share check warns when the difficulty band or the "
+        "concise filter removes more than this share of what it was given, in [0, 1]. Changes "
+        "the check, not the dataset.", output=False)
 
     def __post_init__(self) -> None:
-        if self.selection not in SELECTION_RULES:
-            raise ConfigError(f"filtering.selection must be one of {SELECTION_RULES}, "
-                              f"got {self.selection!r}")
-        if self.per_query < 1:
-            raise ConfigError(f"filtering.per_query must be >= 1, got {self.per_query}")
-        if not 0 <= self.min_completion_tokens <= self.max_completion_tokens:
+        if self.best_of_n not in BEST_OF_N_RULES:
+            raise ConfigError(f"filtering.best_of_n must be one of {BEST_OF_N_RULES}, "
+                              f"got {self.best_of_n!r}")
+        _check_int("per_query", self.per_query, 1)
+        _check_int("min_completion_tokens", self.min_completion_tokens, 0)
+        _check_int("max_completion_tokens", self.max_completion_tokens, 0)
+        if self.min_completion_tokens > self.max_completion_tokens:
             raise ConfigError("filtering: need 0 <= min_completion_tokens <= max_completion_tokens"
                               f", got {self.min_completion_tokens} and "
                               f"{self.max_completion_tokens}")
-        if self.budget is not None and self.budget < 1:
-            raise ConfigError(f"filtering.budget must be >= 1 or null, got {self.budget}")
+        if self.budget is not None:
+            _check_int("budget", self.budget, 1)
+        _check_int("seed", self.seed, 0)
         if not isinstance(self.difficulty, DifficultyConfig):
             raise ConfigError(f"filtering.difficulty must be a mapping, got {self.difficulty!r}")
-        ratio = self.concise_ratio
-        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, int | float)
-                                  or ratio < 1):
-            raise ConfigError(f"filtering.concise_ratio must be a number >= 1 or null, got "
-                              f"{ratio!r}")
+        if self.concise_ratio is not None:
+            _check_number("concise_ratio", self.concise_ratio, 1.0)
         if self.diversity not in DIVERSITY_METRICS:
             raise ConfigError(f"filtering.diversity must be one of {DIVERSITY_METRICS}, got "
                               f"{self.diversity!r}")
-        for name, high in (("min_diversity_distance", 2.0), ("warn_removed_share", 1.0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                    0 <= value <= high):
-                raise ConfigError(f"filtering.{name} must be a number in [0, {high}], got "
-                                  f"{value!r}")
+        _check_number("min_diversity_distance", self.min_diversity_distance, 0.0, 2.0)
+        _check_number("warn_removed_share", self.warn_removed_share, 0.0, 1.0)
         if self.diversity != "none" and self.per_query < 2:
             raise ConfigError(f"filtering.diversity {self.diversity!r} chooses among the "
                               "responses kept per query: set per_query >= 2")
@@ -94,15 +115,6 @@ class FilterConfig:
         if self.diversity == "edit" and self.min_diversity_distance > 1:
             raise ConfigError("filtering.min_diversity_distance must be <= 1 with diversity "
                               f"edit (normalized edit distance), got {self.min_diversity_distance}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "filtering") -> FilterConfig:
-        check_keys(cls, data, where)
-        data = dict(data)
-        if isinstance(data.get("difficulty"), dict):
-            data["difficulty"] = build_config(DifficultyConfig, data["difficulty"],
-                                              f"{where}.difficulty")
-        return build_config(cls, data, where)
 
 
 @dataclass
@@ -125,19 +137,19 @@ def _messages(student_prompt: PromptConfig, query: str, response: str) -> list[d
 
 def _seeded_order(keys: pl.Series, seed: int) -> pl.Series:
     """A pseudo-random but stable order: sha256 of key and seed (polars' own hash may change
-    between versions, which would silently change a "random" selection)."""
+    between versions, which would silently change a "random" best_of_n)."""
     import hashlib
 
     return pl.Series([hashlib.sha256(f"{k}|{seed}".encode()).hexdigest() for k in keys])
 
 
-def _rank_expr(selection: str) -> list[pl.Expr]:
+def _rank_expr(best_of_n: str) -> list[pl.Expr]:
     by_length = [pl.col("completion_tokens"), pl.col("request_key")]
-    if selection == "teacher_count":
+    if best_of_n == "teacher_count":
         return [-pl.col("n_teacher").cast(pl.Int64), *by_length]
-    if selection == "teacher_fraction":
+    if best_of_n == "teacher_fraction":
         return [-pl.col("teacher_fraction"), *by_length]
-    if selection == "shortest":
+    if best_of_n == "shortest":
         return by_length
     return [pl.col("_seeded")]
 
@@ -231,7 +243,7 @@ def filter_dataset(
                     "not_concise")
         shares["concise"] = (before - pool.height) / before
     pool = pool.with_columns(_seeded_order(pool["request_key"], cfg.seed).alias("_seeded"))
-    ranked = pool.sort(_rank_expr(cfg.selection))
+    ranked = pool.sort(_rank_expr(cfg.best_of_n))
     if cfg.diversity != "none" and cfg.per_query > 1:
         # group_by keeps rows in rank order within each query, and the queries in order of
         # their first row: sort by query first so each query's rows are contiguous.

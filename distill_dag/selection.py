@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import polars as pl
 
-from distill_dag.configbase import build_config
+from distill_dag.configbase import Config, ConfigError, check_int, check_number, setting
 from distill_dag.provenance.categories import TEACHER, UNSCORED
 
 SAMPLE_COLUMNS = (
@@ -140,56 +139,52 @@ def compute_teacher_metrics(samples: pl.DataFrame, sentences: pl.DataFrame) -> p
 
 
 @dataclass
-class RankingRule:
-    """How teachers are ranked and chosen from their metrics."""
+class RankingRule(Config):
+    """How teachers are ranked and chosen from their metrics (the `teacher_ranking` section)."""
 
-    min_pass_rate: float = 0.0
-    """Teachers with pass_rate below this are ineligible (the reason names the numbers). [0, 1]."""
-    order_by: list[str] = field(
-        default_factory=lambda: [
+    WHERE: ClassVar[str] = "teacher_ranking"
+
+    min_pass_rate: float = setting(
+        0.0, "Teachers with pass_rate below this are ineligible (the reason names the numbers). "
+        "[0, 1].")
+    order_by: list[str] = setting(
+        factory=lambda: [
             "yield_per_query desc",
             "teacher_sentence_fraction desc",
             "student_ppl_correct asc",
-        ]
-    )
-    """Lexicographic sort keys, each "metric asc|desc" with a metric from ``METRICS``; later keys
-    only break ties of earlier ones. Missing values always rank last."""
-    tie_tolerance: float = 0.0
-    """Values within this relative tolerance (|a - b| <= tol * max(|a|, |b|)) tie on that key,
-    so the next key decides. In [0, 1); 0 means only equal values tie."""
-    top_k: int = 1
-    """How many teachers are chosen (>= 1); fewer when fewer are eligible."""
+        ],
+        doc='Lexicographic sort keys, each "metric asc|desc"; later keys only break ties of '
+        "earlier ones, and missing values always rank last. Metrics (measured on the queries "
+        f"every teacher answered): {'; '.join(f'{k}: {v}' for k, v in METRICS.items())}.")
+    tie_tolerance: float = setting(
+        0.0, "Values within this relative tolerance (|a - b| <= tol * max(|a|, |b|)) tie on that "
+        "key, so the next key decides. In [0, 1); 0 means only equal values tie.")
+    top_k: int = setting(1, "How many teachers are chosen (>= 1); fewer when fewer are eligible.")
 
     def __post_init__(self) -> None:
-        if not _is_number(self.min_pass_rate) or not 0.0 <= self.min_pass_rate <= 1.0:
-            raise ValueError(f"min_pass_rate must be in [0, 1], got {self.min_pass_rate!r}")
+        check_number("min_pass_rate", self.min_pass_rate, 0.0, 1.0)
         if isinstance(self.order_by, str) or not isinstance(self.order_by, list | tuple):
-            raise ValueError(
+            raise ConfigError(
                 f'order_by must be a list of "metric asc|desc" strings, got {self.order_by!r}'
             )
         self.order_by = list(self.order_by)
         if not self.order_by:
-            raise ValueError("order_by must name at least one metric")
+            raise ConfigError("order_by must name at least one metric")
         seen: set[str] = set()
         for item in self.order_by:
             metric, _ = _parse_key(item)
             if metric in seen:
-                raise ValueError(f"order_by names {metric!r} twice")
+                raise ConfigError(f"order_by names {metric!r} twice")
             seen.add(metric)
-        if not _is_number(self.tie_tolerance) or not 0.0 <= self.tie_tolerance < 1.0:
-            raise ValueError(f"tie_tolerance must be in [0, 1), got {self.tie_tolerance!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ValueError(f"top_k must be an integer >= 1, got {self.top_k!r}")
+        check_number("tie_tolerance", self.tie_tolerance, 0.0)
+        if self.tie_tolerance >= 1.0:
+            raise ConfigError(f"tie_tolerance must be in [0, 1), got {self.tie_tolerance!r}")
+        check_int("top_k", self.top_k)
 
     @property
     def keys(self) -> list[tuple[str, str]]:
         """order_by parsed into (metric, "asc" | "desc") pairs."""
         return [_parse_key(item) for item in self.order_by]
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "ranking") -> RankingRule:
-        """Build from a config mapping; unknown keys and invalid values name ``where``."""
-        return build_config(cls, d, where)
 
     def describe(self) -> str:
         """The rule in words."""
@@ -207,19 +202,15 @@ class RankingRule:
         )
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
-
-
 def _parse_key(item: Any) -> tuple[str, str]:
     if not isinstance(item, str):
-        raise ValueError(f'order_by entries must be strings "metric asc|desc", got {item!r}')
+        raise ConfigError(f'order_by entries must be strings "metric asc|desc", got {item!r}')
     parts = item.split()
     if len(parts) != 2 or parts[1].lower() not in _DIRECTIONS:
-        raise ValueError(f'order_by entry {item!r} must look like "metric asc" or "metric desc"')
+        raise ConfigError(f'order_by entry {item!r} must look like "metric asc" or "metric desc"')
     metric, direction = parts[0], parts[1].lower()
     if metric not in METRICS:
-        raise ValueError(
+        raise ConfigError(
             f"order_by entry {item!r}: unknown metric {metric!r}; "
             f"known metrics: {', '.join(METRICS)}"
         )

@@ -16,8 +16,6 @@ import time
 
 
 def _materialize(args: argparse.Namespace) -> int:
-    import polars as pl
-
     from distill_dag.generation.run import teacher_change_notes
     from distill_dag.orchestration.definitions import (
         build_definitions,
@@ -25,7 +23,6 @@ def _materialize(args: argparse.Namespace) -> int:
         materialize_all,
     )
     from distill_dag.store import Store
-    from distill_dag.tables import DISTILLED_CHECKPOINT, FILTERED_DATASET, TEACHER_METRICS
 
     home = os.path.abspath(args.home)
     started = time.perf_counter()
@@ -39,7 +36,17 @@ def _materialize(args: argparse.Namespace) -> int:
     if args.stale or args.dry_run:
         return _materialize_stale(args, defs, instance, project)
     materialize_all(defs, instance, teachers=args.teacher or None)
-    elapsed = time.perf_counter() - started
+    print(f"\nAll assets materialized in {time.perf_counter() - started:.0f} s.\n")
+    _print_summary(home, instance)
+    return 0
+
+
+def _print_summary(home: str, instance) -> None:
+    """The teacher table, the dataset, the checkpoint, the verdict and where to look."""
+    import polars as pl
+
+    from distill_dag.store import Store
+    from distill_dag.tables import DISTILLED_CHECKPOINT, FILTERED_DATASET, TEACHER_METRICS
 
     store = Store(os.path.join(home, "store"))
     metrics = store.read_table(TEACHER_METRICS)
@@ -47,7 +54,6 @@ def _materialize(args: argparse.Namespace) -> int:
     cols = ["rank", "teacher", "chosen", "pass_rate", "yield_per_query", "length_mean",
             "student_ppl_correct", "mean_d_ts", "teacher_sentence_fraction", "tokens_generated",
             "seconds"]
-    print(f"\nAll assets materialized in {elapsed:.0f} s.\n")
     print("Teacher selection:")
     with pl.Config(tbl_rows=20, tbl_cols=20, tbl_width_chars=200, float_precision=3):
         print(metrics.select([c for c in cols if c in metrics.columns]))
@@ -69,21 +75,15 @@ def _materialize(args: argparse.Namespace) -> int:
         print(f"  report:  {report['report_path']}")
     print(f"  store:   {store.catalog_path} (DuckDB)")
     print(f"  web UI:  DAGSTER_HOME={os.environ['DAGSTER_HOME']} "
-          ".venv/bin/dagster dev -w workspace.yaml")
+          ".venv/bin/dagster dev -w workspace.yaml   (or .venv/bin/dg dev)")
     mlflow_db = os.path.join(home, "mlflow", "mlflow.db")
     if os.path.exists(mlflow_db):
         print(f"  MLflow:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{mlflow_db} "
               "--host 127.0.0.1 --port 5000")
-    return 0
 
 
 def _materialize_stale(args: argparse.Namespace, defs, instance, project) -> int:
-    from distill_dag.orchestration.stale import (
-        downstream_closure,
-        materialize_stale,
-        record_observations,
-        stale_items,
-    )
+    from distill_dag.orchestration.stale import materialize_stale
 
     for name in args.teacher or []:
         try:
@@ -91,25 +91,8 @@ def _materialize_stale(args: argparse.Namespace, defs, instance, project) -> int
         except KeyError as exc:
             print(f"error: --teacher: {exc.args[0]}", file=sys.stderr)
             return 2
-    if args.dry_run:  # records the observed inputs (so the web UI agrees), runs nothing
-        graph = defs.resolve_asset_graph()
-        observed = record_observations(instance, graph, project)
-        if observed:
-            print(f"recorded new versions of: {', '.join(observed)}")
-        items = stale_items(instance, graph, teachers=args.teacher or None)
-        if not items:
-            print("Nothing is missing or stale.")
-            return 0
-        print("Missing or stale now:")
-        for item in items:
-            why = f" ({'; '.join(item.causes)})" if item.causes else ""
-            print(f"  {item.label}: {item.status}{why}")
-        later = [(a, p) for a, p in downstream_closure(graph, items)
-                 if (a, p) not in {(i.asset, i.partition) for i in items}]
-        if later:
-            print("Downstream, run only if the above change their data:")
-            print("  " + ", ".join(f"{a}[{p}]" if p else a for a, p in later))
-        return 0
+    if args.dry_run:
+        return _dry_run(args, defs, instance, project)
 
     def announce(item) -> None:
         why = f": {'; '.join(item.causes)}" if item.causes else ""
@@ -126,6 +109,30 @@ def _materialize_stale(args: argparse.Namespace, defs, instance, project) -> int
           + ", ".join(item.label for item in run.ran))
     print("Work done: " + (", ".join(f"{k}={v}" for k, v in sorted(run.work.items()))
                            or "none (every step reused stored results)"))
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, defs, instance, project) -> int:
+    """Record the observed inputs (so the web UI agrees) and list what is stale; run nothing."""
+    from distill_dag.orchestration.stale import downstream_closure, record_observations, stale_items
+
+    graph = defs.resolve_asset_graph()
+    observed = record_observations(instance, graph, project)
+    if observed:
+        print(f"recorded new versions of: {', '.join(observed)}")
+    items = stale_items(instance, graph, teachers=args.teacher or None)
+    if not items:
+        print("Nothing is missing or stale.")
+        return 0
+    print("Missing or stale now:")
+    for item in items:
+        why = f" ({'; '.join(item.causes)})" if item.causes else ""
+        print(f"  {item.label}: {item.status}{why}")
+    later = [(a, p) for a, p in downstream_closure(graph, items)
+             if (a, p) not in {(i.asset, i.partition) for i in items}]
+    if later:
+        print("Downstream, run only if the above change their data:")
+        print("  " + ", ".join(f"{a}[{p}]" if p else a for a, p in later))
     return 0
 
 

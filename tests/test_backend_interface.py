@@ -1,10 +1,13 @@
-"""The backend interface on the CPU stack: every backend generates and scores; the vLLM backend's
-settings are validated and, where vllm does not import, fail with a clear way to get it.
+"""The backend interface on the CPU stack: every backend generates and scores; the registry is
+the one place a backend is declared (its settings, versions, GPUs and errors follow from it); the
+vLLM backend's settings are validated and, where vllm does not import, fail with a clear way to
+get it.
 
 The vLLM engine itself is tested in tests/test_vllm_backend.py, in .venv-vllm."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -15,13 +18,12 @@ import pytest
 import yaml
 
 from distill_dag.config import ProjectConfig, load_project_config
-from distill_dag.generation.backend import make_backend
-from distill_dag.generation.config import (
-    ConfigError,
-    EndpointConfig,
-    TeacherConfig,
-    VLLMEngineConfig,
-)
+from distill_dag.configbase import Config, setting
+from distill_dag.generation.backend import Backend
+from distill_dag.generation.config import ConfigError, TeacherConfig
+from distill_dag.generation.openai_backend import EndpointConfig
+from distill_dag.generation.registry import make_backend
+from distill_dag.generation.vllm_backend import VLLMEngineConfig
 from distill_dag.provenance.scoring import LocalScorer, score_responses
 from tests.conftest import SMOLLM
 
@@ -43,7 +45,7 @@ def _project(teacher: dict) -> ProjectConfig:
 
 def test_a_vllm_teacher_gets_default_engine_settings_and_only_it_takes_them():
     teacher = _project(_vllm_teacher()).teacher("big")
-    assert teacher.vllm == VLLMEngineConfig()
+    assert teacher.settings == VLLMEngineConfig()
     with pytest.raises(ConfigError, match=r"teachers\[0\].*vllm settings need backend 'vllm'"):
         _project({"name": "t", "model": SMOLLM, "vllm": {"tensor_parallel_size": 2}})
 
@@ -109,6 +111,116 @@ def test_other_backends_keep_their_teacher_versions():
                     ).teacher_version("small") == "b6421f564119"
 
 
+def test_vllm_and_http_teachers_keep_their_teacher_versions():
+    """Settings moved into their backend modules hash as before (versions computed by the code
+    before the backend registry, commit 095b8e1), so no partition turns stale."""
+    assert _project(_vllm_teacher()).teacher_version("big") == "541a9d0be53e"
+    big2 = {**_vllm_teacher(tensor_parallel_size=4, dtype="float16", max_model_len=2048,
+                            engine_args={"quantization": "awq"}), "name": "big2"}
+    assert _project(big2).teacher_version("big2") == "5c396f15f984"
+    remote = {"name": "remote", "model": SMOLLM, "backend": "openai",
+              "endpoint": {"base_url": "http://x:1/v1", "model": "served", "api": "completions",
+                           "max_concurrency": 3, "logprobs": False}}
+    assert _project(remote).teacher_version("remote") == "8fdfec58fe98"
+    moved = {**remote, "endpoint": {**remote["endpoint"], "base_url": "https://y/v1",
+                                    "max_retries": 0, "price_per_million_output": 3.0}}
+    assert _project(moved).teacher_version("remote") == "8fdfec58fe98"
+
+
+# -- the registry ---------------------------------------------------------------------------------
+
+def test_the_registry_is_where_backends_their_settings_and_gpus_come_from():
+    from distill_dag.generation import registry
+    from distill_dag.generation.openai_backend import OpenAIBackend
+    from distill_dag.generation.vllm_backend import VLLMBackend
+
+    assert registry.KNOWN_BACKENDS == ("transformers", "vllm", "openai")
+    assert {"vllm": VLLMBackend, "endpoint": OpenAIBackend} == registry.SETTINGS_KEYS
+    assert _project({"name": "t", "model": SMOLLM}).teacher_gpus() == 1
+    wide = ProjectConfig.from_dict({
+        "corpus": {"generator": {"n": 8, "seed": 1, "levels": [1]}},
+        "teachers": [{"name": "t", "model": SMOLLM}, _vllm_teacher(tensor_parallel_size=4)]})
+    assert wide.teacher_gpus() == 4
+    endpoint = {"base_url": "http://h/v1", "model": "m"}
+    with pytest.raises(ConfigError, match=r"teachers\[0\]: .*endpoint settings need backend "
+                                          r"'openai', not 'vllm'"):
+        _project({**_vllm_teacher(), "endpoint": endpoint})
+    with pytest.raises(ConfigError, match=r"teachers\[0\]: vllm and endpoint settings given"):
+        _project({**_vllm_teacher(dtype="float16"), "endpoint": endpoint})
+
+
+def test_backend_errors_are_one_type_that_says_whether_a_retry_helps():
+    from distill_dag.errors import DistillError
+    from distill_dag.generation.backend import BackendError
+    from distill_dag.generation.openai_backend import EndpointError
+    from distill_dag.generation.vllm_backend import VLLMSetupError, VLLMUnavailable
+
+    for error in (EndpointError, VLLMUnavailable, VLLMSetupError):
+        assert issubclass(error, BackendError) and issubclass(error, DistillError)
+    assert issubclass(VLLMUnavailable, ImportError) and issubclass(VLLMSetupError, ValueError)
+    assert not EndpointError("HTTP 401").retryable
+    assert EndpointError("gave up", retryable=True).retryable
+    assert not VLLMUnavailable("no vllm").retryable
+
+
+@dataclasses.dataclass
+class _ToySettings(Config):
+    shout: bool = setting(False, "Upper-case the answer (changes outputs).")
+    workers: int = setting(1, "GPUs it spreads over (changes no output).", output=False)
+
+
+class _ToyBackend(Backend):
+    """A backend in a few lines: answers every query with a fixed text."""
+
+    name = "toy"
+    settings_key = "toy"
+    settings_class = _ToySettings
+
+    @classmethod
+    def gpus(cls, settings):
+        return settings.workers
+
+    def __init__(self, spec, device="auto", dtype="auto"):
+        self.spec = spec
+        self.model_fingerprint = f"toy-{spec.settings.fingerprint()}"
+
+    def render(self, query):
+        return f"Q: {query}"
+
+    def generate(self, requests, progress=None):
+        from distill_dag.generation.backend import GenerationResult
+
+        text = "THE ANSWER IS 5." if self.spec.settings.shout else "The answer is 5."
+        yield [GenerationResult(r.key, r.query_id, r.sample_index, text, [], [], [], 3, 5,
+                                "stop", 0.0) for r in requests]
+
+
+def test_a_new_backend_is_its_module_plus_one_registration(tmp_path: Path, monkeypatch):
+    """Registered (the one line in registry.py, done here by the test), a backend's settings
+    key is a teacher key, its output settings version the teacher, its GPUs count, and the
+    generation path stores its samples: nothing else names it."""
+    from distill_dag.generation import registry
+    from distill_dag.generation.run import generate_teacher_outputs
+    from distill_dag.store import Store
+
+    monkeypatch.setitem(registry.BACKENDS, "toy", _ToyBackend)
+    monkeypatch.setitem(registry.SETTINGS_KEYS, "toy", _ToyBackend)
+    toy = {"name": "toy", "model": SMOLLM, "backend": "toy", "toy": {"workers": 2}}
+    project = _project(toy)
+    teacher = project.teacher("toy")
+    assert teacher.settings == _ToySettings(workers=2) and project.teacher_gpus() == 2
+    assert _project({**toy, "toy": {"workers": 8}}).teacher_version("toy") == \
+        project.teacher_version("toy")
+    assert _project({**toy, "toy": {"shout": True}}).teacher_version("toy") != \
+        project.teacher_version("toy")
+    with pytest.raises(ConfigError, match=r"teachers\[0\]\.toy\.speed: unknown key"):
+        _project({**toy, "toy": {"speed": 3}})
+    queries = pl.DataFrame({"query_id": ["a", "b"], "prompt": ["2 + 3?", "1 + 4?"]})
+    summary = generate_teacher_outputs(teacher, queries, Store(tmp_path), show_progress=False)
+    assert summary.generated == 4 and set(summary.outputs["response"]) == {"The answer is 5."}
+    assert isinstance(make_backend(teacher), _ToyBackend)
+
+
 # -- the interface ------------------------------------------------------------------------------
 
 def test_transformers_backend_scores_with_its_own_model(smollm_fp32):
@@ -126,7 +238,7 @@ def test_transformers_backend_scores_with_its_own_model(smollm_fp32):
 
 def test_an_http_teacher_scores_with_its_local_copy():
     teacher = TeacherConfig(name="remote", model=SMOLLM, backend="openai",
-                            endpoint=EndpointConfig(base_url="http://127.0.0.1:9/v1",
+                            settings=EndpointConfig(base_url="http://127.0.0.1:9/v1",
                                                     model="served-name"))
     scorer = make_backend(teacher, device="cpu", dtype="fp32").scorer()
     assert isinstance(scorer, LocalScorer)

@@ -23,8 +23,8 @@ from distill_dag.provenance.run import SCORES
 from distill_dag.store import Store
 from tests.conftest import TINY_CONFIG
 
-CLI = [sys.executable, "-m", "distill_dag.orchestration.cli", "materialize", "--stale", "--no-progress",
-       "--device", "cpu"]
+CLI = [sys.executable, "-m", "distill_dag.orchestration.cli", "materialize", "--stale",
+       "--no-progress", "--device", "cpu"]
 
 
 def _config(folder: Path) -> Path:

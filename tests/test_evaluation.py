@@ -57,6 +57,15 @@ def test_eval_split_only_and_answers_are_memoized(evaluated):
     assert base.per_query.columns == ["query_id", "greedy_correct", "greedy_lenient", "n", "c"]
 
 
+def test_eval_answers_are_memoized_in_their_own_namespace(evaluated):
+    """store/generations_eval/<model>-<kind>: never a teacher's folder (generations/<name>)."""
+    store = evaluated[0]
+    assert sorted(p.name for p in (store.root / "generations_eval").iterdir()) == [
+        "base-greedy", "base-sampled", "other-greedy", "other-sampled"]
+    assert not [p for p in (store.root / "generations").iterdir() if p.is_dir()]
+    assert set(evaluated[3].greedy["teacher"]) == {"eval-base-greedy"}  # as the rows said before
+
+
 def test_comparison_metrics_are_consistent(evaluated):
     _, cfg, _, base, other, _ = evaluated
     cmp = compare(base, other, cfg)

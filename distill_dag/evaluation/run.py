@@ -1,8 +1,10 @@
 """Evaluate the base and the distilled student on the held-out queries, same prompt and budget.
 
 Answers are generated through the same memoized path as teacher samples (keyed by model
-fingerprint, prompt, sampling and sample index, stored as they complete), so a rerun with the
-same checkpoint generates nothing, and a new checkpoint regenerates only its own answers. Each
+fingerprint, prompt, sampling and sample index, stored as they complete), in the "eval"
+namespace (store/generations_eval/<model>-<greedy|sampled>, which no teacher name can reach), so
+a rerun with the same checkpoint generates nothing, and a new checkpoint regenerates only its
+own answers. Each
 model gets a greedy answer (pass@1) and, if configured, n sampled answers (pass@k, mean@k).
 Test-time provenance scores the distilled model's greedy answers sentence by sentence under the
 teacher (its own prompt), the original student and the distilled student (the student prompt),
@@ -26,14 +28,10 @@ from distill_dag.evaluation.metrics import (
     paired_bootstrap_mean_diff,
     pass_at_k,
 )
-from distill_dag.generation.config import (
-    PromptConfig,
-    SamplingConfig,
-    StudentConfig,
-    TeacherConfig,
-)
+from distill_dag.generation.config import StudentConfig, TeacherConfig
 from distill_dag.generation.prompts import render_prompt, resolve_style
-from distill_dag.generation.run import generate_teacher_outputs, verify_outputs
+from distill_dag.generation.run import Namespace, generate, verify_outputs
+from distill_dag.generation.spec import GenerationSpec, PromptConfig, SamplingConfig
 from distill_dag.models import load_model
 from distill_dag.provenance.categories import ProvenanceConfig, categorize_three_way
 from distill_dag.provenance.run import score_cached, sentence_means
@@ -41,6 +39,7 @@ from distill_dag.provenance.sentences import split_sentences
 from distill_dag.store import Store
 
 BASE, DISTILLED = "base", "distilled"
+EVAL = "eval"  # the namespace purpose of eval_report's generations
 
 # The first completed answer statement ("... answer is 17." followed by a space or the end).
 _FIRST_STATEMENT = re.compile(r"answer is[^\n]*?\d[^\n]*?\.(?=\s|$)", re.IGNORECASE)
@@ -90,12 +89,6 @@ def eval_queries(queries: pl.DataFrame, cfg: EvalConfig) -> pl.DataFrame:
     return held_out.head(cfg.max_queries) if cfg.max_queries else held_out
 
 
-def _as_teacher(label: str, model: str, prompt: PromptConfig, sampling: SamplingConfig,
-                batch_size: int) -> TeacherConfig:
-    return TeacherConfig(name=f"eval-{label}", model=model, prompt=prompt, sampling=sampling,
-                         batch_size=batch_size)
-
-
 def evaluate_model(label: str, model: str, prompt: PromptConfig, queries: pl.DataFrame,
                    cfg: EvalConfig, store: Store, device: str = "auto", dtype: str = "auto",
                    show_progress: bool = True) -> ModelEval:
@@ -110,9 +103,10 @@ def evaluate_model(label: str, model: str, prompt: PromptConfig, queries: pl.Dat
     frames: dict[str, pl.DataFrame] = {}
     generated = tokens = 0
     for kind, sampling in runs.items():
-        teacher = _as_teacher(f"{label}-{kind}", model, prompt, sampling, cfg.batch_size)
-        summary = generate_teacher_outputs(teacher, queries, store, device=device, dtype=dtype,
-                                           show_progress=show_progress)
+        spec = GenerationSpec(model=model, prompt=prompt, sampling=sampling,
+                              batch_size=cfg.batch_size)
+        summary = generate(spec, Namespace(EVAL, f"{label}-{kind}"), queries, store,
+                           device=device, dtype=dtype, show_progress=show_progress)
         frames[kind] = verify_outputs(summary.outputs, queries)
         generated += summary.generated
         tokens += summary.tokens_generated

@@ -1,22 +1,28 @@
-"""The generation backend interface, request keys, and the backend registry.
+"""The generation backend interface: requests and results, request keys, the one backend error
+type, and what a backend class declares for the registry (generation/registry.py).
 
-A request is one (teacher, rendered prompt, sampling params, sample index). Its key hashes all of
+A request is one (rendered prompt, sampling params, sample index) of a spec. Its key hashes all of
 that plus the model fingerprint, so a stored result is reused exactly when nothing that could
 change it has changed.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from distill_dag.configbase import ConfigError, stable_hash
-from distill_dag.generation.config import KNOWN_BACKENDS, TeacherConfig
+from distill_dag.configbase import Config, stable_hash
+from distill_dag.errors import DistillError
 
 if TYPE_CHECKING:
     from distill_dag.provenance.scoring import TextScorer
+
+
+class BackendError(DistillError):
+    """A backend cannot generate or score: a missing install, settings this machine cannot run,
+    a server that refuses or stays away. `retryable` says whether a later try may pass (a lost
+    endpoint: yes; a bad key, an unknown engine argument: no)."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,7 @@ class GenerationResult:
     query_id: str
     sample_index: int
     text: str  # completion, cut before any stop string, without special tokens
-    token_ids: list[int]  # completion tokens covering `text` (the teacher's tokenizer)
+    token_ids: list[int]  # completion tokens covering `text` (the model's tokenizer)
     token_logprobs: list[float]  # raw model log-prob of each token (temperature 1), or empty
     token_starts: list[int]  # char offset of each token in `text` (for sentence provenance)
     prompt_tokens: int
@@ -57,7 +63,7 @@ class GenerationBackend(Protocol):
     """What the core needs from a backend: prompts rendered its way, k samples with log-probs."""
 
     name: str
-    model_fingerprint: str
+    model_fingerprint: str  # what decides the outputs besides prompt and sampling (request keys)
 
     def render(self, query: str) -> str: ...
 
@@ -74,69 +80,32 @@ class GenerationBackend(Protocol):
         ...
 
     def scorer(self) -> TextScorer:
-        """What scores given text as this teacher (provenance, for samples generated without
+        """What scores given text as this model (provenance, for samples generated without
         log-probs or with teacher_logprobs: rescore): the backend's own engine where it can
         score prompts (transformers, vLLM), else a local copy of the model (HTTP servers)."""
         ...
 
 
-def make_backend(
-    teacher: TeacherConfig, device: str = "auto", dtype: str = "auto"
-) -> GenerationBackend:
-    if teacher.backend == "transformers":
-        from distill_dag.generation.transformers_backend import TransformersBackend
+class Backend:
+    """Base of every backend class: what the registry reads from it (its name, its settings and
+    the teachers[] key they sit under, the GPUs it needs), and no-op lifecycle hooks. A backend
+    is built as ``cls(spec, device=..., dtype=...)`` and implements GenerationBackend; its
+    errors subclass BackendError."""
 
-        return TransformersBackend(teacher, device=device, dtype=dtype)
-    if teacher.backend == "vllm":
-        from distill_dag.generation.vllm_backend import VLLMBackend
+    name: ClassVar[str] = ""
+    settings_key: ClassVar[str | None] = None  # teachers[].<key> in the config (e.g. "vllm")
+    settings_class: ClassVar[type[Config] | None] = None  # its fingerprint says what changes
+    #                                                       outputs (setting(output=...))
+    settings_required: ClassVar[bool] = False  # False: the defaults fill in when omitted
 
-        return VLLMBackend(teacher)
-    if teacher.backend == "openai":
-        from distill_dag.generation.openai_backend import OpenAIBackend
+    @classmethod
+    def gpus(cls, settings: Config | None) -> int:
+        """GPUs one step generating or scoring with these settings needs."""
+        return 1
 
-        return OpenAIBackend(teacher, device=device, dtype=dtype)
-    raise ConfigError(  # config validation normally catches this first
-        f"unknown backend {teacher.backend!r}; known backends: {', '.join(KNOWN_BACKENDS)}"
-    )
+    def prepare(self) -> None:
+        pass
 
+    def close(self) -> None:
+        """Free what the backend holds (a GPU engine) for the steps after this one."""
 
-def eos_token_ids(configured: int | list[int] | None, tokenizer) -> set[int]:
-    """End-of-sequence ids: the list a model's generation config gives (e.g. <|im_end|> and
-    <|endoftext|>), else its single id and the tokenizer's."""
-    eos = configured if isinstance(configured, list) else [configured, tokenizer.eos_token_id]
-    return {int(e) for e in eos if e is not None}
-
-
-def tokenize_prompts(tokenizer, texts: list[str], plain: bool) -> dict[str, list[int]]:
-    """Token ids of each distinct rendered prompt. Chat templates already contain the BOS
-    token; plain prompts need the tokenizer's special tokens."""
-    unique = list(dict.fromkeys(texts))
-    ids = tokenizer(unique, add_special_tokens=plain)["input_ids"]
-    return {text: list(row) for text, row in zip(unique, ids, strict=True)}
-
-
-def batch_seed(keys: list[str], seed: int) -> int:
-    """The sampling seed of a group of requests: the same missing set samples the same text."""
-    material = "|".join(keys) + f"|{seed}"
-    return int(hashlib.sha256(material.encode()).hexdigest()[:8], 16)
-
-
-def token_char_starts(tokenizer, token_ids: list[int], text: str) -> list[int] | None:
-    """Char offset in `text` where each token starts, or None if it cannot be established.
-
-    Fast path: re-tokenize `text` with offsets; when that reproduces the generated ids the
-    offsets are exact. Otherwise decode growing prefixes (quadratic, but only on the rare
-    non-canonical tokenization).
-    """
-    if not token_ids:
-        return []
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    if list(encoded["input_ids"]) == list(token_ids):
-        return [start for start, _ in encoded["offset_mapping"]]
-    starts, previous = [], ""
-    for i in range(len(token_ids)):
-        starts.append(len(previous))
-        previous = tokenizer.decode(token_ids[: i + 1], skip_special_tokens=True)
-        if not text.startswith(previous.rstrip("\ufffd")):
-            return None
-    return starts

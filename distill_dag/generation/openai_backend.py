@@ -9,6 +9,10 @@ backoff and full jitter (a Retry-After header wins); 401/403/404 and other clien
 at once with the server's message, so a bad key or model name never becomes a retry storm.
 The API key is read from the environment variable the config names, at request time; it is
 never stored on the backend, logged or put in an error message.
+
+Settings: `EndpointConfig` (teachers[].endpoint, required). Only the served model name, the API
+and whether log-probs are asked for change the outputs (its fingerprint, in every request key);
+the address, concurrency, rate limits, retries and prices do not.
 """
 
 from __future__ import annotations
@@ -16,28 +20,98 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from distill_dag.configbase import stable_hash
-from distill_dag.generation.backend import GenerationRequest, GenerationResult
-from distill_dag.generation.config import TeacherConfig
+from distill_dag.configbase import (
+    Config,
+    ConfigError,
+    check_int,
+    check_number,
+    setting,
+    stable_hash,
+)
+from distill_dag.generation.backend import (
+    Backend,
+    BackendError,
+    GenerationRequest,
+    GenerationResult,
+)
 from distill_dag.generation.prompts import chat_messages, plain_stop_strings, render_prompt
+from distill_dag.generation.spec import GenerationSpec, check_optional_int
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_BACKOFF_S = 60.0
+ENDPOINT_APIS = ("chat", "completions")
 
 
-class EndpointError(RuntimeError):
-    """The endpoint failed in a way retrying cannot fix, or kept failing past the retries.
-    `retryable`: whether a later attempt (a step retry) may succeed."""
+class EndpointError(BackendError, RuntimeError):
+    """The endpoint failed in a way retrying cannot fix (retryable False: a bad key, an unknown
+    model), or kept failing past the retries (retryable True: a later step retry may pass)."""
 
-    def __init__(self, message: str, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+
+@dataclass
+class EndpointConfig(Config):
+    """An OpenAI-compatible server: vLLM serve, SGLang, llama.cpp server or a hosted API."""
+
+    base_url: str = setting(doc="e.g. http://127.0.0.1:8000/v1 (the part before "
+                                "/chat/completions). Where it runs changes no output.",
+                            output=False)
+    model: str = setting(doc="The model name the server serves (each request's model field). "
+                             "Stored samples are keyed by it: serve different weights under a "
+                             "new name, or they are reused as they are.")
+    api: str = setting("chat", "chat: /chat/completions, the server applies its chat template; "
+                               "completions: /completions with the prompt rendered here (a plain "
+                               "prompt, or the chat template of the teacher's local model).")
+    api_key_env: str | None = setting(None, "The NAME of the environment variable holding the "
+                                            "API key (never the key itself); None sends no "
+                                            "Authorization header (local servers).", output=False)
+    max_concurrency: int = setting(8, "Requests in flight at once.", output=False)
+    requests_per_minute: int | None = setting(None, "Client-side rate limit; None: none.",
+                                              output=False)
+    tokens_per_minute: int | None = setting(None, "Prompt + completion tokens per minute; None: "
+                                                  "none.", output=False)
+    timeout_s: float = setting(120.0, "Per request, in seconds (> 0).", output=False)
+    max_retries: int = setting(5, "Retries on timeouts, lost connections, 429, 5xx and malformed "
+                                  "responses.", output=False)
+    backoff_s: float = setting(1.0, "First retry wait in seconds (doubled each retry, full "
+                                    "jitter; a Retry-After header wins).", output=False)
+    logprobs: bool = setting(True, "Ask for per-token log-probs (provenance scores the teacher "
+                                   "locally where a server returns none).")
+    price_per_million_input: float = setting(0.0, "Price per million prompt tokens, for the cost "
+                                                  "figure in the metadata.", output=False)
+    price_per_million_output: float = setting(0.0, "Price per million completion tokens.",
+                                              output=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://",
+                                                                              "https://")):
+            raise ConfigError(f"base_url must start with http:// or https://, got "
+                              f"{self.base_url!r}")
+        if "@" in self.base_url.split("//", 1)[1].split("/", 1)[0]:
+            raise ConfigError("base_url must not carry credentials; put the key in the "
+                              "environment variable named by api_key_env")
+        if not isinstance(self.model, str) or not self.model:
+            raise ConfigError("model must name the model the server serves")
+        if self.api not in ENDPOINT_APIS:
+            raise ConfigError(f"api must be one of {ENDPOINT_APIS}, got {self.api!r}")
+        if self.api_key_env is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$",
+                                                         str(self.api_key_env)):
+            raise ConfigError(f"api_key_env must be an environment variable name, got "
+                              f"{self.api_key_env!r} (never put the key itself in the config)")
+        check_int("max_concurrency", self.max_concurrency)
+        check_int("max_retries", self.max_retries, 0)
+        check_optional_int("requests_per_minute", self.requests_per_minute)
+        check_optional_int("tokens_per_minute", self.tokens_per_minute)
+        for name in ("timeout_s", "backoff_s", "price_per_million_input",
+                     "price_per_million_output"):
+            check_number(name, getattr(self, name), 0.0)
+        if self.timeout_s == 0:
+            raise ConfigError("timeout_s must be > 0")
 
 
 @dataclass
@@ -104,38 +178,50 @@ def _redacted(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-class OpenAIBackend:
-    """Generation through /chat/completions or /completions of an OpenAI-compatible server."""
+class OpenAIBackend(Backend):
+    """Generation through /chat/completions or /completions of an OpenAI-compatible server.
+    The spec's `model` names a local copy of the served model (or its tokenizer): the
+    completions API's chat template, and scoring where the server returns no log-probs."""
 
     name = "openai"
+    settings_key = "endpoint"
+    settings_class = EndpointConfig
+    settings_required = True
 
-    def __init__(self, teacher: TeacherConfig, sleep: Callable[[float], None] = time.sleep,
+    def __init__(self, spec: GenerationSpec, sleep: Callable[[float], None] = time.sleep,
                  device: str = "auto", dtype: str = "auto") -> None:
-        assert teacher.endpoint is not None  # TeacherConfig validation guarantees it
-        self.teacher = teacher
+        if not isinstance(spec.settings, EndpointConfig):
+            raise ConfigError(f"{spec.label}: backend 'openai' needs an endpoint "
+                              "{base_url, model, ...}")
+        self.spec = spec
         self.device, self.dtype = device, dtype  # of the local copy, should it score
-        self.endpoint = teacher.endpoint
+        self.endpoint = spec.settings
         self.base_url = self.endpoint.base_url.rstrip("/")
-        self.model_fingerprint = f"openai-{self.endpoint.fingerprint}"
+        self.model_fingerprint = f"openai-{self.endpoint.fingerprint()}"
         self.usage = EndpointUsage()
         self.limiter = RateLimiter(self.endpoint.requests_per_minute,
                                    self.endpoint.tokens_per_minute, sleep=sleep)
         self._sleep = sleep
         self._local = threading.local()
         self._tokenizer = None
-        self.stop = list(teacher.sampling.stop)
-        if self.endpoint.api == "completions" and teacher.prompt.style == "plain":
-            self.stop += [s for s in plain_stop_strings(teacher.prompt) if s not in self.stop]
+        self.stop = list(spec.sampling.stop)
+        if self.endpoint.api == "completions" and spec.prompt.style == "plain":
+            self.stop += [s for s in plain_stop_strings(spec.prompt) if s not in self.stop]
+
+    @property
+    def teacher(self) -> GenerationSpec:
+        """The spec (a TeacherConfig for a teacher); the name callers have used."""
+        return self.spec
 
     # -- prompts ---------------------------------------------------------------------------------
     def render(self, query: str) -> str:
         """The request's prompt as text: the JSON of the chat messages for the chat API (the
         server renders them), else the prompt rendered here."""
         if self.endpoint.api == "chat":
-            return json.dumps(chat_messages(self.teacher.prompt, query), ensure_ascii=False)
-        if self.teacher.prompt.style == "plain":
-            return render_prompt(self.teacher.prompt, query, tokenizer=None)
-        return render_prompt(self.teacher.prompt, query, self._local_tokenizer())
+            return json.dumps(chat_messages(self.spec.prompt, query), ensure_ascii=False)
+        if self.spec.prompt.style == "plain":
+            return render_prompt(self.spec.prompt, query, tokenizer=None)
+        return render_prompt(self.spec.prompt, query, self._local_tokenizer())
 
     def _local_tokenizer(self):
         if self._tokenizer is None:
@@ -144,7 +230,7 @@ class OpenAIBackend:
             from distill_dag.models import resolve_model
 
             self._tokenizer = AutoTokenizer.from_pretrained(
-                resolve_model(self.teacher.model).hf_dir)
+                resolve_model(self.spec.model).hf_dir)
         return self._tokenizer
 
     def scorer(self):
@@ -154,7 +240,7 @@ class OpenAIBackend:
         from distill_dag.models import load_model
         from distill_dag.provenance.scoring import LocalScorer
 
-        return LocalScorer(load_model(self.teacher.model, self.device, self.dtype))
+        return LocalScorer(load_model(self.spec.model, self.device, self.dtype))
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _session(self):
@@ -170,7 +256,7 @@ class OpenAIBackend:
             return {}, None
         key = (os.environ.get(name) or "").strip()  # a secret mounted from a file ends in \n
         if not key:
-            raise EndpointError(f"teacher {self.teacher.name!r}: the API key variable ${name} "
+            raise EndpointError(f"{self.spec.label}: the API key variable ${name} "
                                 "(endpoint.api_key_env) is not set")
         return {"Authorization": f"Bearer {key}"}, key
 
@@ -180,7 +266,7 @@ class OpenAIBackend:
         import requests
 
         url = f"{self.base_url}{path}"
-        where = f"teacher {self.teacher.name!r}: {method} {url}"
+        where = f"{self.spec.label}: {method} {url}"
         attempt = 0
         while True:
             headers, secret = self._headers()
@@ -242,13 +328,13 @@ class OpenAIBackend:
             raise
         names = [m.get("id") for m in listed.get("data", []) if isinstance(m, dict)]
         if names and self.endpoint.model not in names:
-            raise EndpointError(f"teacher {self.teacher.name!r}: {self.base_url} does not serve "
+            raise EndpointError(f"{self.spec.label}: {self.base_url} does not serve "
                                 f"model {self.endpoint.model!r} (endpoint.model); it serves "
                                 f"{names[:10]}")
 
     # -- generation ------------------------------------------------------------------------------
     def _body(self, request: GenerationRequest) -> dict:
-        s = self.teacher.sampling
+        s = self.spec.sampling
         body: dict = {"model": self.endpoint.model, "max_tokens": s.max_new_tokens,
                       "temperature": s.temperature, "top_p": s.top_p, "n": 1,
                       "seed": int(stable_hash({"seed": s.seed, "key": request.key}), 16) % 2**31}
@@ -283,7 +369,7 @@ class OpenAIBackend:
                 spelled, starts, logprobs = _completion_logprobs(choice.get("logprobs"))
             usage = data.get("usage") or {}
         except (KeyError, IndexError, TypeError) as exc:
-            raise EndpointError(f"teacher {self.teacher.name!r}: unexpected response shape "
+            raise EndpointError(f"{self.spec.label}: unexpected response shape "
                                 f"({exc!r}): {json.dumps(data)[:300]}") from exc
         n_tokens = len(starts)
         if starts and not (spelled.startswith(text) or text.startswith(spelled)):
@@ -331,7 +417,7 @@ class OpenAIBackend:
                             progress(1)
                     except BaseException as exc:
                         failure = failure or exc
-                if len(batch) >= self.teacher.batch_size or (failure and batch):
+                if len(batch) >= self.spec.batch_size or (failure and batch):
                     yield batch
                     batch = []
                 if failure is not None:

@@ -10,7 +10,7 @@ import functools
 from typing import Any
 
 from distill_dag.configbase import ConfigError
-from distill_dag.generation.config import PromptConfig
+from distill_dag.generation.spec import PromptConfig
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,15 +73,14 @@ def plain_stop_strings(cfg: PromptConfig) -> list[str]:
     return ["\n\n", "\n" + cfg.question_prefix.strip()]
 
 
-def teacher_style_and_stops(teacher: Any, tokenizer: Any) -> tuple[str, list[str]]:
-    """A locally tokenized teacher's prompt style, and the strings its completions stop at
+def teacher_style_and_stops(spec: Any, tokenizer: Any) -> tuple[str, list[str]]:
+    """A locally tokenized spec's prompt style, and the strings its completions stop at
     (configured ones, plus the next-question markers of a plain prompt)."""
     try:
-        style = resolve_style(teacher.prompt, getattr(tokenizer, "chat_template", None)
-                              is not None)
+        style = resolve_style(spec.prompt, getattr(tokenizer, "chat_template", None) is not None)
     except ConfigError as exc:
-        raise ConfigError(f"teacher {teacher.name!r} (model {teacher.model}): {exc}") from exc
-    stop = list(teacher.sampling.stop)
+        raise ConfigError(f"{spec.label} (model {spec.model}): {exc}") from exc
+    stop = list(spec.sampling.stop)
     if style == "plain":
-        stop += [s for s in plain_stop_strings(teacher.prompt) if s not in stop]
+        stop += [s for s in plain_stop_strings(spec.prompt) if s not in stop]
     return style, stop

@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
-from distill_dag.generation.backend import (
-    GenerationRequest,
-    GenerationResult,
+from distill_dag.generation.backend import Backend, GenerationRequest, GenerationResult
+from distill_dag.generation.decoding import (
     batch_seed,
     eos_token_ids,
-    token_char_starts,
+    finish_completion,
     tokenize_prompts,
 )
-from distill_dag.generation.config import TeacherConfig
 from distill_dag.generation.prompts import render_prompt, teacher_style_and_stops
+from distill_dag.generation.spec import GenerationSpec
 from distill_dag.models import load_model
 from distill_dag.provenance.scoring import LocalScorer
 
@@ -63,24 +61,30 @@ class _RawLogprobRecorder:
         return torch.stack(self.steps, dim=1) if self.steps else None
 
 
-class TransformersBackend:
-    """A teacher served in-process by transformers (CPU or CUDA)."""
+class TransformersBackend(Backend):
+    """A model served in-process by transformers (CPU or CUDA). No settings of its own: device
+    and dtype come from the runtime, and neither is part of the request keys."""
 
     name = "transformers"
 
-    def __init__(self, teacher: TeacherConfig, device: str = "auto", dtype: str = "auto",
+    def __init__(self, spec: GenerationSpec, device: str = "auto", dtype: str = "auto",
                  reuse_prefix: bool = True) -> None:
-        self.teacher = teacher
+        self.spec = spec
         self.reuse_prefix = reuse_prefix  # False only to measure what prefix reuse buys
-        self.loaded = load_model(teacher.model, device, dtype)
+        self.loaded = load_model(spec.model, device, dtype)
         self.model_fingerprint = self.loaded.fingerprint
-        self.style, self.stop = teacher_style_and_stops(teacher, self.loaded.tokenizer)
+        self.style, self.stop = teacher_style_and_stops(spec, self.loaded.tokenizer)
+
+    @property
+    def teacher(self) -> GenerationSpec:
+        """The spec (a TeacherConfig for a teacher); the name callers have used."""
+        return self.spec
 
     def prepare(self) -> None:
         _ = self.loaded.model  # weights load lazily; load them before the clock starts
 
     def render(self, query: str) -> str:
-        return render_prompt(self.teacher.prompt, query, self.loaded.tokenizer)
+        return render_prompt(self.spec.prompt, query, self.loaded.tokenizer)
 
     def _eos_ids(self) -> set[int]:
         return eos_token_ids(self.loaded.model.generation_config.eos_token_id,
@@ -97,7 +101,7 @@ class TransformersBackend:
         its end-of-sequence ids are taken from it."""
         from transformers import GenerationConfig
 
-        s = self.teacher.sampling
+        s = self.spec.sampling
         greedy = s.temperature == 0
         return GenerationConfig(
             do_sample=not greedy,
@@ -135,7 +139,9 @@ class TransformersBackend:
         with torch.inference_mode():
             out = self.loaded.model(input_ids=torch.tensor([prefix], device=self.loaded.device),
                                     use_cache=True)
-        return out.past_key_values
+        # transformers 5.x renamed the output's past_key_values to cache (the old name warns).
+        cache = out.get("cache")  # never out.past_key_values first: that warns
+        return cache if cache is not None else out.past_key_values
 
     def generate(
         self,
@@ -149,7 +155,7 @@ class TransformersBackend:
         if not requests:
             return
         tokenizer, model = self.loaded.tokenizer, self.loaded.model
-        sampling = self.teacher.sampling
+        sampling = self.spec.sampling
         generation_config = self._generation_config()
         token_ids = self._tokenize(requests)
         prefix_len = self._common_prefix(list(token_ids.values())) if self.reuse_prefix else 0
@@ -157,9 +163,10 @@ class TransformersBackend:
             prefix_len = 0
         prefix = next(iter(token_ids.values()))[:prefix_len]
         cache = self._prefix_cache(prefix) if prefix_len else None
+        cache_argument = _cache_argument(model)
         # Longest first: a memory problem shows at once, not after an hour.
         ordered = sorted(requests, key=lambda r: (-len(token_ids[r.prompt_text]), r.key))
-        size = self.teacher.batch_size
+        size = self.spec.batch_size
         for begin in range(0, len(ordered), size):
             batch = ordered[begin : begin + size]
             started = time.perf_counter()
@@ -183,7 +190,7 @@ class TransformersBackend:
                 output = model.generate(
                     input_ids=input_ids.to(self.loaded.device),
                     attention_mask=mask.to(self.loaded.device),
-                    past_key_values=past,
+                    **{cache_argument: past},
                     generation_config=generation_config,
                     logits_processor=[recorder],
                     tokenizer=tokenizer if self.stop else None,
@@ -209,64 +216,11 @@ class TransformersBackend:
         return done.result(req, prompt_tokens, latency)
 
 
-@dataclass
-class Completion:
-    text: str  # stripped, cut before the first stop string
-    lead: str  # whitespace stripped from the front (scoring puts it back after the prompt)
-    token_ids: list[int]  # tokens whose text lies in `text` (from its start)
-    token_logprobs: list[float]  # their raw log-probs (empty if offsets could not be found)
-    token_starts: list[int]  # their char offsets in `text`
-    generated: int  # tokens the model generated, up to and including what ended it
-    finish_reason: str  # "stop" or "length"
+def _cache_argument(model) -> str:
+    """The name generate() takes a KV cache under: `cache` since transformers 5.x renamed it
+    (passing `past_key_values` warns on every call there), `past_key_values` in the 5.x
+    releases before (an environment such as .venv-vllm may resolve one of those)."""
+    import inspect
 
-    def result(self, request: GenerationRequest, prompt_tokens: int,
-               latency: float) -> GenerationResult:
-        """The stored result of `request` with this completion."""
-        return GenerationResult(
-            key=request.key, query_id=request.query_id, sample_index=request.sample_index,
-            text=self.text, token_ids=self.token_ids, token_logprobs=self.token_logprobs,
-            token_starts=self.token_starts, prompt_tokens=int(prompt_tokens),
-            completion_tokens=self.generated, finish_reason=self.finish_reason,
-            latency_s=latency, lead=self.lead)
-
-
-def finish_completion(tokenizer, ids: list[int], logprobs: list[float], eos_ids: set[int],
-                      stop: list[str], padded: bool = True) -> Completion:
-    """Turn one row of generated token ids into the stored completion.
-
-    The row ends at the first end-of-sequence token, or at a stop string (generate() then pads
-    the row; when pad == eos, as in SmolLM2, that padding must not count as generated), or at
-    max_new_tokens. `padded`: the row may end in such padding (transformers' batches; vLLM
-    returns each sequence unpadded)."""
-    pad = tokenizer.pad_token_id
-    length, finish = len(ids), "length"
-    for i, tok in enumerate(ids):
-        if tok in eos_ids:
-            length, finish = i + 1, "stop"
-            break
-    else:
-        while padded and length and ids[length - 1] == pad:
-            length -= 1
-    content_ids = [t for t in ids[:length] if t not in eos_ids]
-    text = tokenizer.decode(content_ids, skip_special_tokens=True)
-    starts = token_char_starts(tokenizer, content_ids, text)
-    hits = [(text.find(s), s) for s in stop if s in text]
-    if hits:
-        cut, matched = min(hits)
-        text, finish = text[:cut], "stop"
-        if starts is not None:  # generated = tokens up to the one that completed the stop string
-            length = sum(1 for st in starts if st < cut + len(matched))
-    if starts is None:
-        kept_ids, kept_lp, kept_starts = content_ids, [], []
-    else:
-        keep = [i for i, st in enumerate(starts) if st < len(text)]
-        kept_ids = [content_ids[i] for i in keep]
-        kept_lp = [logprobs[i] for i in keep]
-        kept_starts = [starts[i] for i in keep]
-    # Plain prompts end with "Answer:", so completions start with a space. Strip it (the record
-    # a student trains on has none) and keep it in `lead`; a token that was only that space
-    # becomes zero-width and belongs to no sentence.
-    lead = text[: len(text) - len(text.lstrip())]
-    text = text.strip()
-    kept_starts = [max(0, st - len(lead)) for st in kept_starts]
-    return Completion(text, lead, kept_ids, kept_lp, kept_starts, length, finish)
+    parameters = inspect.signature(model.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in parameters else "past_key_values"

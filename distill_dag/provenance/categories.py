@@ -7,14 +7,14 @@ model is the geometric mean of its token probabilities (see ``sentences.sentence
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from distill_dag.configbase import build_config
+from distill_dag.configbase import Config, ConfigError, check_int, check_number, setting
 
 TEACHER = "teacher"
 STUDENT = "student"
@@ -115,42 +115,34 @@ def category_counts(categories: Iterable[str]) -> dict[str, int]:
 
 
 @dataclass
-class ProvenanceConfig:
+class ProvenanceConfig(Config):
     """How provenance_scores scores and categorizes sentences."""
 
-    beta: float = 0.1
-    """Margin on dTS = pT - pS: "teacher" if dTS > beta, "student" if dTS < -beta. In [0, 1);
-    0.1 is the paper's best."""
-    alpha: float = 0.05
-    """Noise margin for the three-way (after-training) "shared" category. In [0, 1)."""
-    teacher_logprobs: str = "generation"
-    """Where the teacher's token log-probs come from: "generation" takes those the backend
-    returned at sampling time when it provided them, else rescores with a forward pass;
-    "rescore" always runs the forward pass."""
-    batch_size: int = 8
-    """Sequences per scoring forward pass (>= 1)."""
-    max_length: int = 1024
-    """Maximum tokens (prompt + response) per scored sequence (>= 1)."""
-
+    WHERE: ClassVar[str] = "provenance"
     TEACHER_LOGPROBS_CHOICES: ClassVar[tuple[str, ...]] = ("generation", "rescore")
+
+    beta: float = setting(
+        0.1, 'Margin on dTS = pT - pS: "teacher" if dTS > beta, "student" if dTS < -beta. In '
+        "[0, 1); 0.1 is the paper's best.")
+    alpha: float = setting(
+        0.05, 'Noise margin for the three-way (after-training) "shared" category. In [0, 1).')
+    teacher_logprobs: str = setting(
+        "generation", 'Where the teacher\'s token log-probs come from: "generation" takes those '
+        "the backend returned at sampling time when it provided them, else rescores with a "
+        'forward pass; "rescore" always runs the forward pass.')
+    batch_size: int = setting(8, "Sequences per scoring forward pass (>= 1).", output=False)
+    max_length: int = setting(
+        1024, "Maximum tokens (prompt + response) per scored sequence (>= 1).")
 
     def __post_init__(self) -> None:
         for name in ("beta", "alpha"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-            _check_margin(float(value), name)
+            check_number(name, value, 0.0, 1.0)
+            _check_margin(float(value), name)  # and below 1
         if self.teacher_logprobs not in self.TEACHER_LOGPROBS_CHOICES:
-            raise ValueError(
+            raise ConfigError(
                 f"teacher_logprobs must be one of {list(self.TEACHER_LOGPROBS_CHOICES)}, "
                 f"got {self.teacher_logprobs!r}"
             )
-        for name in ("batch_size", "max_length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "provenance") -> ProvenanceConfig:
-        """Build from a config mapping; unknown keys and invalid values name ``where``."""
-        return build_config(cls, d, where)
+        check_int("batch_size", self.batch_size)
+        check_int("max_length", self.max_length)

@@ -51,17 +51,9 @@ def run_key(student_fingerprint: str, dataset_version: str, ctx: StageContext) -
 
 
 def _log_progress(ctx: StageContext):
-    last = [0.0]
-
-    def on_log(entry: dict) -> None:  # at most one line per 10 s in the step's log
-        if time.time() - last[0] <= 10:
-            return
+    def on_log(entry: dict) -> None:  # one line per logged step (training.logging_steps)
         if "loss" in entry:
-            last[0] = time.time()
             ctx.log.info(f"step {entry['step']}: loss {entry['loss']:.4f}")
-        elif "'loss'" in entry.get("output", ""):  # a data-parallel worker's log line
-            last[0] = time.time()
-            ctx.log.info(entry["output"].strip())
 
     return on_log
 

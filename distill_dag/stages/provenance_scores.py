@@ -6,7 +6,7 @@ import polars as pl
 
 from distill_dag import tables
 from distill_dag.errors import DistillError, StageError
-from distill_dag.generation.backend import make_backend
+from distill_dag.generation.registry import make_backend
 from distill_dag.models import load_model
 from distill_dag.provenance.run import score_provenance
 from distill_dag.stage import WARN, Check, StageContext, StageOutput, content_version, preview

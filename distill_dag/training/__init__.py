@@ -1,1 +1,2 @@
-"""Fine-tuning the student on the filtered dataset (SFT with TRL, LoRA or full)."""
+"""Fine-tuning the student: the shared training cycle (train.py), the objectives it trains with
+(objectives/: sft today), and data-parallel launch (launch.py, worker.py)."""

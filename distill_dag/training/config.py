@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from distill_dag.configbase import build_config, stable_hash
+from distill_dag.configbase import Config, ConfigError, build_config, setting, stable_hash
 from distill_dag.configbase import check_int as _positive_int
 from distill_dag.configbase import check_number as _number
+from distill_dag.training.objectives import OBJECTIVES, get_objective
 
 # transformers' SchedulerType values (checked against transformers in the tests): a typo fails
 # when the config loads, not after the model is loaded and tokenized.
@@ -18,18 +19,17 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 
 
 @dataclass
-class LoraSettings:
+class LoraSettings(Config):
     """LoRA adapter shape (used when ``method`` is "lora"); merged into the weights at the end."""
 
-    r: int = 16
-    """Adapter rank (>= 1). Higher learns more, costs more."""
-    alpha: int = 32
-    """Scaling numerator (>= 1); the update is scaled by alpha / r."""
-    dropout: float = 0.0
-    """Dropout on the adapter input, in [0, 1)."""
-    target_modules: list[str] | str = "all-linear"
-    """Which linear layers get adapters: "all-linear" or a list of module names
-    (e.g. ["q_proj", "v_proj"])."""
+    WHERE: ClassVar[str] = "training.lora"
+
+    r: int = setting(16, "Adapter rank (>= 1). Higher learns more, costs more.")
+    alpha: int = setting(32, "Scaling numerator (>= 1); the update is scaled by alpha / r.")
+    dropout: float = setting(0.0, "Dropout on the adapter input, in [0, 1).")
+    target_modules: list[str] | str = setting(
+        "all-linear", 'Which linear layers get adapters: "all-linear" or a list of module names '
+        '(e.g. ["q_proj", "v_proj"]).')
 
     def __post_init__(self) -> None:
         _positive_int("lora.r", self.r)
@@ -43,63 +43,75 @@ class LoraSettings:
 
 
 @dataclass
-class TrainingConfig:
-    """How distilled_checkpoint fine-tunes the student (SFT, loss on the assistant tokens only)."""
+class TrainingConfig(Config):
+    """How distilled_checkpoint fine-tunes the student: the objective (what it learns from the
+    teachers; SFT: the loss on the assistant tokens only), LoRA or full, and the optimizer."""
 
-    method: str = "lora"
-    """"lora" (adapters, merged into a full model at the end; the CPU default) or "full"."""
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    """Adapter settings, used when method is "lora"."""
-    epochs: float = 3.0
-    """Passes over the dataset (> 0). Ignored when max_steps is set."""
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (>= 1); overrides epochs."""
-    learning_rate: float = 2e-4
-    """Peak AdamW learning rate (> 0). LoRA wants ~1e-4..1e-3, full fine-tuning ~1e-5..5e-5."""
-    lr_scheduler: str = "cosine"
-    """A transformers scheduler name: cosine, linear, constant, constant_with_warmup, ..."""
-    warmup_ratio: float = 0.05
-    """Share of steps spent warming up the learning rate, in [0, 1)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay (>= 0)."""
-    batch_size: int = 8
-    """Examples per device step (with packing: packed rows of up to max_length tokens)."""
-    gradient_accumulation_steps: int = 1
-    """Device steps per optimizer step (>= 1): effective batch = batch_size x this."""
-    max_length: int = 512
-    """Maximum tokens per example (longer ones are dropped with a warning, never silently cut);
-    with packing, the length of each packed row."""
-    packing: bool | str = "auto"
-    """True packs examples best-fit-decreasing into padding-free rows of max_length tokens
-    (position ids restart per example, so examples never attend to each other); False pads each
-    batch to its longest example, batching examples of similar length together. "auto" packs
-    only when the model runs a variable-length attention kernel (FlashAttention): without one
-    the whole batch becomes one long row whose attention is quadratic in its length, measured
-    0.93x of padded batches' speed on CPU (benchmarks/bench_training.py)."""
-    dtype: str = "auto"
-    """Compute precision: "auto" (bf16 where the hardware has it: CUDA with bf16, or a CPU with
-    AVX512-BF16/AMX; else fp32), "bf16", or "fp32". Weights stay fp32 (mixed precision)."""
-    seed: int = 0
-    """Seeds the adapter initialisation, data order and dropout."""
-    save_steps: int = 20
-    """Save a resumable checkpoint every this many optimizer steps (>= 1); a crashed run resumes
-    from the last one."""
-    logging_steps: int = 1
-    """Log loss and learning rate every this many optimizer steps (>= 1)."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm (> 0)."""
-    num_processes: int = 1
-    """Data-parallel training processes (DistributedDataParallel). 1 trains inside the Dagster
-    step's process. N > 1 launches ``torchrun --nproc_per_node N`` from the step: one process per
-    GPU on a multi-GPU machine (NCCL), or N CPU workers (gloo). Each process takes batch_size
-    examples per step, so the effective batch is batch_size x gradient_accumulation_steps x N."""
-
+    WHERE: ClassVar[str] = "training"
     METHODS: ClassVar[tuple[str, ...]] = ("lora", "full")
     DTYPES: ClassVar[tuple[str, ...]] = ("auto", "bf16", "fp32")
+
+    objective: str = setting(
+        "sft", 'What the student learns from: "sft" (the teachers\' replies as targets, loss on '
+        "the assistant tokens only). One of the registered objectives "
+        "(distill_dag/training/objectives/).")
+    settings: dict[str, Config] = setting(
+        factory=dict, doc="Each objective's own settings, by objective name; written in the "
+        "file as `training.<objective>: {...}` (sft has none). Only the selected objective's "
+        "enter the fingerprint.")
+    method: str = setting(
+        "lora", '"lora" (adapters, merged into a full model at the end; the CPU default) or '
+        '"full".')
+    lora: LoraSettings = setting(factory=LoraSettings,
+                                 doc='Adapter settings, used when method is "lora".')
+    epochs: float = setting(3.0, "Passes over the dataset (> 0). Ignored when max_steps is set.")
+    max_steps: int | None = setting(None, "Stop after this many optimizer steps (>= 1); "
+                                          "overrides epochs.")
+    learning_rate: float = setting(2e-4, "Peak AdamW learning rate (> 0). LoRA wants "
+                                         "~1e-4..1e-3, full fine-tuning ~1e-5..5e-5.")
+    lr_scheduler: str = setting("cosine", "A transformers scheduler name: cosine, linear, "
+                                          "constant, constant_with_warmup, ...")
+    warmup_ratio: float = setting(0.05, "Share of steps spent warming up the learning rate, in "
+                                        "[0, 1).")
+    weight_decay: float = setting(0.0, "AdamW weight decay (>= 0).")
+    batch_size: int = setting(8, "Examples per device step (with packing: packed rows of up to "
+                                 "max_length tokens).")
+    gradient_accumulation_steps: int = setting(
+        1, "Device steps per optimizer step (>= 1): effective batch = batch_size x this.")
+    max_length: int = setting(
+        512, "Maximum tokens per example (longer ones are dropped with a warning, never "
+        "silently cut); with packing, the length of each packed row.")
+    packing: bool | str = setting(
+        "auto", "True packs examples best-fit-decreasing into padding-free rows of max_length "
+        "tokens (position ids restart per example, so examples never attend to each other); "
+        "False pads each batch to its longest example, batching examples of similar length "
+        'together. "auto" packs only when the model runs a variable-length attention kernel '
+        "(FlashAttention): without one the whole batch becomes one long row whose attention is "
+        "quadratic in its length, measured 0.93x of padded batches' speed on CPU "
+        "(benchmarks/bench_training.py).")
+    dtype: str = setting(
+        "auto", 'Compute precision: "auto" (bf16 where the hardware has it: CUDA with bf16, or a '
+        'CPU with AVX512-BF16/AMX; else fp32), "bf16", or "fp32". Weights stay fp32 (mixed '
+        "precision).")
+    seed: int = setting(0, "Seeds the adapter initialisation, data order and dropout.")
+    save_steps: int = setting(
+        20, "Save a resumable checkpoint every this many optimizer steps (>= 1); a crashed run "
+        "resumes from the last one.", output=False)
+    logging_steps: int = setting(
+        1, "Log loss and learning rate every this many optimizer steps (>= 1).", output=False)
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm (> 0).")
+    num_processes: int = setting(
+        1, "Data-parallel training processes (DistributedDataParallel). 1 trains inside the "
+        "stage's process. N > 1 launches ``torchrun --nproc_per_node N`` from the stage: one "
+        "process per GPU on a multi-GPU machine (NCCL), or N CPU workers (gloo). Each process "
+        "takes batch_size examples per step, so the effective batch is batch_size x "
+        "gradient_accumulation_steps x N (it changes the trained weights).")
 
     def __post_init__(self) -> None:
         if isinstance(self.lora, Mapping):
             self.lora = build_config(LoraSettings, self.lora, "lora")
+        get_objective(self.objective)
+        self.settings = _objective_settings(self.objective, self.settings)
         if self.method not in self.METHODS:
             raise ValueError(f"method must be one of {list(self.METHODS)}, got {self.method!r}")
         if self.dtype not in self.DTYPES:
@@ -123,41 +135,87 @@ class TrainingConfig:
                              f"got {self.lr_scheduler!r}")
         self.epochs = float(self.epochs)  # 2 and 2.0 are the same run (and run key)
 
-    def fingerprint(self) -> str:
+    def objective_settings(self) -> Config | None:
+        """The selected objective's own settings (None for an objective without any)."""
+        return self.settings.get(self.objective)
+
+    def fingerprint(self, length: int = 16) -> str:
         """What decides the trained weights (with the data and the student): part of the run key.
-        save_steps and logging_steps do not change the result and are left out."""
-        values = asdict(self)
-        values.pop("save_steps")
-        values.pop("logging_steps")
-        if values["num_processes"] == 1:  # runs from before the knob keep their keys
+
+        `output_settings()` with two adjustments that keep the keys of runs from before a knob
+        existed: the objective enters as what it versions (sft versions nothing: every run
+        before the knob was sft), and num_processes only when it is not 1."""
+        values = self.output_settings()
+        del values["objective"], values["settings"]
+        versions = get_objective(self.objective).versions(self.objective_settings())
+        if versions:
+            values["objective"] = versions
+        if values["num_processes"] == 1:
             values.pop("num_processes")
-        return stable_hash(values)
+        return stable_hash(values, length)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "training") -> TrainingConfig:
+    def from_dict(cls, data: Any, where: str = "") -> TrainingConfig:  # type: ignore[override]
+        """Build from the file's mapping; an objective's block (``sft: {...}``) is built by that
+        objective's Settings, its errors under ``training.<objective>``."""
+        where = where or cls.WHERE
+        if isinstance(data, Mapping) and any(name in data for name in OBJECTIVES):
+            settings = dict(data.get("settings") or {})
+            for name in OBJECTIVES:
+                if name in data:
+                    settings[name] = _build_settings(name, data[name], f"{where}.{name}")
+            data = {k: v for k, v in data.items() if k not in OBJECTIVES} | {"settings": settings}
         return build_config(cls, data, where)
 
 
+def _build_settings(name: str, data: Any, where: str) -> Config:
+    settings_class = get_objective(name).Settings
+    if settings_class is None:
+        raise ConfigError(f"{where}: objective {name!r} has no settings")
+    if isinstance(data, Config):
+        return data
+    return settings_class.from_dict(data or {}, where)
+
+
+def _objective_settings(selected: str, given: Any) -> dict[str, Config]:
+    """`given` (objective name -> settings or their mapping) built and checked, with the
+    selected objective's defaults where the file gives none."""
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"settings must be a mapping of objective name to settings, "
+                          f"got {type(given).__name__}")
+    out = {}
+    for name, data in given.items():
+        if name not in OBJECTIVES:
+            raise ConfigError(f"settings: unknown objective {name!r}; known objectives: "
+                              f"{', '.join(sorted(OBJECTIVES))}")
+        out[name] = _build_settings(name, data, name)
+    default = get_objective(selected).Settings
+    if default is not None and selected not in out:
+        out[selected] = default()
+    return out
+
+
 @dataclass
-class TrackingConfig:
-    """Where MLflow runs go (experiment tracking for training and evaluation)."""
+class TrackingConfig(Config):
+    """Where MLflow runs go (experiment tracking for training and evaluation). None of it changes
+    a weight or a table: it says where the record of a run is kept."""
 
-    tracking_uri: str | None = None
-    """Any MLflow tracking URI (http://host:5000, databricks, sqlite:///path.db). None: the
-    MLFLOW_TRACKING_URI environment variable if set, else a local SQLite database under the run
-    home (``<home>/mlflow/mlflow.db``)."""
-    experiment: str = "distill-dag"
-    """MLflow experiment name."""
-    enabled: bool = True
-    """False turns MLflow logging off (the Dagster metadata still records everything)."""
-    on_unreachable: str = "error"
-    """What to do when a remote tracking server does not answer: "error" (fail the step with a
-    clear message before any training starts) or "local" (log to the local SQLite database and
-    say so in the step's log and metadata)."""
-    timeout_s: float = 5.0
-    """How long to wait for a remote tracking server's health check (> 0)."""
-
+    WHERE: ClassVar[str] = "tracking"
     UNREACHABLE_CHOICES: ClassVar[tuple[str, ...]] = ("error", "local")
+
+    tracking_uri: str | None = setting(
+        None, "Any MLflow tracking URI (http://host:5000, databricks, sqlite:///path.db). None: "
+        "the MLFLOW_TRACKING_URI environment variable if set, else a local SQLite database "
+        "under the run home (``<home>/mlflow/mlflow.db``).", output=False)
+    experiment: str = setting("distill-dag", "MLflow experiment name.", output=False)
+    enabled: bool = setting(True, "False turns MLflow logging off (the Dagster metadata still "
+                                  "records everything).", output=False)
+    on_unreachable: str = setting(
+        "error", 'What to do when a remote tracking server does not answer: "error" (fail the '
+        'step with a clear message before any training starts) or "local" (log to the local '
+        "SQLite database and say so in the step's log and metadata).", output=False)
+    timeout_s: float = setting(5.0, "How long to wait for a remote tracking server's health "
+                                    "check, in seconds (> 0).", output=False)
 
     def __post_init__(self) -> None:
         if self.tracking_uri is not None and (not isinstance(self.tracking_uri, str)
@@ -172,7 +230,3 @@ class TrackingConfig:
             raise ValueError(f"on_unreachable must be one of {list(self.UNREACHABLE_CHOICES)}, "
                              f"got {self.on_unreachable!r}")
         _number("timeout_s", self.timeout_s, 1e-3)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str = "tracking") -> TrackingConfig:
-        return build_config(cls, data, where)

@@ -1,12 +1,12 @@
 """Data-parallel training: train_student under torchrun, one process per GPU (or CPU worker).
 
-The Dagster step stays the parent. It writes the records and settings to ``<run_dir>/launch``,
-starts ``python -m torch.distributed.run --standalone --nproc_per_node N -m
-distill_dag.training.launch <spec>``, streams the workers' output into its log, and reads the
-result rank 0 wrote. Everything else is as in one process: the Trainer wraps the model in
-DistributedDataParallel (NCCL on GPUs, gloo on CPUs) and shards each batch across the ranks;
-rank 0 saves the resumable checkpoints and the finished folder, so a killed run resumes from its
-last saved step, with any number of processes.
+The stage's process stays the parent. It writes the records and settings to
+``<run_dir>/launch``, starts ``python -m torch.distributed.run --standalone --nproc_per_node N
+-m distill_dag.training.worker <spec>``, streams the workers' output into its log, and reads
+the result rank 0 wrote (training/worker.py is the other side). Everything else is as in one
+process: the Trainer wraps the model in DistributedDataParallel (NCCL on GPUs, gloo on CPUs)
+and shards each batch across the ranks; rank 0 saves the resumable checkpoints and the finished
+folder, so a killed run resumes from its last saved step, with any number of processes.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ from typing import Any
 from distill_dag.configbase import ConfigError
 from distill_dag.errors import DistillError
 from distill_dag.training.config import TrainingConfig
+from distill_dag.training.run_folder import (
+    TrainingResult,
+    finished_result,
+    last_complete_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b[^:]*: ")
@@ -41,6 +46,7 @@ class TrainingLaunchError(DistillError, RuntimeError):
 
 TORCHRUN = "--torchrun"  # first argument of the launcher's own command line
 WORKER_ENV = "DISTILL_DAG_TRAINING_WORKER"  # set in the workers: they train, never relaunch
+RECORDS_FILE = "records.json"  # the training records, next to the spec
 
 
 def _worker_env(n: int, device: str) -> dict[str, str]:
@@ -102,7 +108,7 @@ def check_devices(n: int, device: str) -> None:
 
 
 def train_distributed(
-    messages: Sequence[Any],
+    records: Sequence[Any],
     student_model: str,
     cfg: TrainingConfig,
     run_dir: Path,
@@ -111,10 +117,9 @@ def train_distributed(
     device: str = "auto",
     show_progress: bool = True,
     on_output: Callable[[str], None] | None = None,
-):
-    """train_student in cfg.num_processes processes; returns rank 0's TrainingResult."""
-    from distill_dag.training.train import TrainingResult, finished_result, last_complete_checkpoint
-
+) -> TrainingResult:
+    """train_student in cfg.num_processes processes; returns rank 0's TrainingResult.
+    `on_output` receives each line the workers print."""
     run_dir = Path(run_dir)
     done = finished_result(run_dir / "model")
     if done is not None:  # finished earlier: nothing to launch
@@ -126,7 +131,7 @@ def train_distributed(
     # Partial checkpoints are cleaned up here, once, not by every rank at the same time.
     if (run_dir / "trainer").is_dir():
         last_complete_checkpoint(run_dir / "trainer")
-    (launch_dir / "messages.json").write_text(json.dumps(list(messages)))
+    (launch_dir / RECORDS_FILE).write_text(json.dumps(list(records)))
     result_path = launch_dir / RESULT_FILE
     result_path.unlink(missing_ok=True)
     spec = {"student_model": student_model, "training": dataclasses.asdict(cfg),
@@ -135,7 +140,7 @@ def train_distributed(
     (launch_dir / "spec.json").write_text(json.dumps(spec, default=str))
 
     command = [sys.executable, "-m", "distill_dag.training.launch", TORCHRUN, "--standalone",
-               f"--nproc_per_node={n}", "-m", "distill_dag.training.launch",
+               f"--nproc_per_node={n}", "-m", "distill_dag.training.worker",
                str(launch_dir / "spec.json")]
     log.info("training: launching %d data-parallel processes: %s", n, " ".join(command))
     lines: list[str] = []
@@ -171,27 +176,12 @@ def train_distributed(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One rank (torchrun starts N of these); or, with --torchrun first, torchrun itself."""
-    from distill_dag.training.train import train_student
-
+    """``python -m distill_dag.training.launch --torchrun ARGS``: become torchrun (see
+    _exec_torchrun); the ranks it starts run training/worker.py."""
     argv = list(argv if argv is not None else sys.argv[1:])
-    if argv and argv[0] == TORCHRUN:
-        _exec_torchrun(argv[1:])
-    spec_path = Path(argv[0])
-    spec = json.loads(spec_path.read_text())
-    messages = json.loads((spec_path.parent / "messages.json").read_text())
-    cfg = TrainingConfig.from_dict(spec["training"])
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = train_student(messages, spec["student_model"], cfg, Path(spec["run_dir"]),
-                           info=spec["info"], device=spec["device"],
-                           show_progress=spec["show_progress"])
-    if int(os.environ.get("RANK", "0")) == 0:
-        data = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
-                if f.name != "model"}
-        data["path"] = str(result.path)
-        tmp = Path(spec["result"] + ".tmp")
-        tmp.write_text(json.dumps(data, default=str))
-        os.replace(tmp, spec["result"])
+    if not argv or argv[0] != TORCHRUN:
+        raise SystemExit(f"usage: python -m distill_dag.training.launch {TORCHRUN} ARGS...")
+    _exec_torchrun(argv[1:])
     return 0
 
 

@@ -1,12 +1,13 @@
-"""Fine-tune the student with TRL's SFTTrainer: LoRA or full, packed, mixed precision, resumable.
+"""Fine-tune the student: the training cycle every objective shares. LoRA or full, mixed
+precision, resumable, in this process or data-parallel.
 
-The core of distilled_checkpoint, free of Dagster. Records are tokenized here (``data``: loss on
-the assistant reply only, with the checks TRL does not make) and handed to SFTTrainer as
-``input_ids`` + ``labels``, which TRL packs best-fit-decreasing into padding-free rows (position
-ids restart per example, so examples never attend to each other). Checkpoints land in
-``<run_dir>/trainer`` every ``save_steps``; a rerun after a crash resumes from the last one. The
-result is a plain Hugging Face folder (LoRA merged into the weights) that
-``AutoModelForCausalLM.from_pretrained(path)`` loads in one line.
+The core of distilled_checkpoint, free of Dagster. ``training.objective`` picks what the student
+learns (training/objectives/: its records, tokenization and trainer; sft is TRL's SFTTrainer);
+this module does the rest: load and seed the student, set the shared trainer arguments, add LoRA
+adapters, resume, train, merge and save. Checkpoints land in ``<run_dir>/trainer`` every
+``save_steps``; a rerun after a crash resumes from the last one. The result is a plain Hugging
+Face folder (LoRA merged into the weights) that ``AutoModelForCausalLM.from_pretrained(path)``
+loads in one line.
 """
 
 from __future__ import annotations
@@ -17,40 +18,31 @@ import os
 import resource
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from distill_dag.models import cpu_supports_bf16, hf_folder_fingerprint, pick_device, resolve_model
 from distill_dag.training.config import TrainingConfig
-from distill_dag.training.data import IGNORE_INDEX, TokenizedDataset, tokenize_records
+from distill_dag.training.data import IGNORE_INDEX, TokenizedDataset
 from distill_dag.training.launch import WORKER_ENV, train_distributed
+from distill_dag.training.objectives import TrainerJob, get_objective
+from distill_dag.training.progress import log_callback, parse_step_line, quiet_default_printing
+from distill_dag.training.run_folder import (
+    MARKER,
+    TrainingResult,
+    finished_result,
+    last_complete_checkpoint,
+    read_finished,
+)
 
-MARKER = "distill_dag_checkpoint.json"  # written last: its presence means the folder is complete
+# MARKER, TrainingResult, read_finished, finished_result and last_complete_checkpoint live in
+# run_folder.py (the launcher reads them too) and stay importable from here.
+__all__ = ["MARKER", "TrainingResult", "build_trainer", "finished_result",
+           "last_complete_checkpoint", "read_finished", "train_student", "trainer_arguments",
+           "use_bf16", "use_packing"]
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainingResult:
-    path: Path  # the Hugging Face folder of the distilled student
-    checkpoint_hash: str  # content hash of its weights, tokenizer and chat template
-    trained_now: bool  # False when the finished folder already existed (nothing trained)
-    global_step: int = 0  # optimizer steps of the finished run
-    resumed_from_step: int = 0  # the saved step this call resumed from (0: a fresh start)
-    steps_run: int = 0  # optimizer steps run in this call
-    loss_history: list[dict[str, float]] = field(default_factory=list)  # {step, loss, lr, ...}
-    examples: int = 0
-    dropped_too_long: int = 0
-    tokens_per_epoch: int = 0  # all tokens of the kept examples
-    supervised_tokens_per_epoch: int = 0  # tokens with loss (the assistant replies)
-    seconds: float = 0.0  # wall time of trainer.train() in this call
-    supervised_tokens_trained: int = 0  # loss-carrying tokens the model trained on in this call
-    supervised_tokens_per_s: float = 0.0  # the same per second of trainer.train()
-    peak_rss_gb: float = 0.0  # the process's peak RSS (includes earlier steps of an in-process run)
-    precision: str = "fp32"
-    info: dict[str, Any] = field(default_factory=dict)  # the marker file's content
-    model: Any = None  # the trained model in memory, only with train_student(keep_model=True)
 
 
 def use_bf16(cfg: TrainingConfig, device: str) -> bool:
@@ -71,12 +63,11 @@ def use_packing(cfg: TrainingConfig, model: Any) -> bool:
     return "flash" in implementation
 
 
-def sft_config(cfg: TrainingConfig, output_dir: Path, device: str, show_progress: bool,
-               packing: bool, **overrides: Any):
-    """The SFTConfig for our settings (also used by the benchmark, which overrides parts)."""
-    from trl import SFTConfig
-
-    kwargs: dict[str, Any] = dict(
+def trainer_arguments(cfg: TrainingConfig, output_dir: Path, device: str,
+                      show_progress: bool) -> dict[str, Any]:
+    """The transformers TrainingArguments keywords every objective shares (an objective adds
+    its own, e.g. sft_config)."""
+    return dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
@@ -87,13 +78,10 @@ def sft_config(cfg: TrainingConfig, output_dir: Path, device: str, show_progress
         max_grad_norm=cfg.max_grad_norm,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
-        max_length=cfg.max_length,
-        packing=packing,
-        packing_strategy="bfd",
-        # Unpacked: batch examples of similar length together, so little compute pads.
-        train_sampling_strategy="random" if packing else "group_by_length",
-        # Small students train fastest without recomputation; TRL turns checkpointing on by default.
-        gradient_checkpointing=False,
+        # Small students train fastest without recomputation; TRL turns it on by default.
+        # (transformers 5 names it activation_checkpointing; gradient_checkpointing is the
+        # deprecated alias.)
+        activation_checkpointing=False,
         bf16=use_bf16(cfg, device),
         fp16=False,
         use_cpu=not device.startswith("cuda"),
@@ -111,8 +99,6 @@ def sft_config(cfg: TrainingConfig, output_dir: Path, device: str, show_progress
         ddp_find_unused_parameters=False,
         remove_unused_columns=True,
     )
-    kwargs.update(overrides)
-    return SFTConfig(**kwargs)
 
 
 def _lora_config(cfg: TrainingConfig):
@@ -122,34 +108,32 @@ def _lora_config(cfg: TrainingConfig):
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
 
 
-def to_dataset(tokenized: TokenizedDataset):
-    from datasets import Dataset
-
-    return Dataset.from_dict({"input_ids": [e.input_ids for e in tokenized.examples],
-                              "labels": [e.labels for e in tokenized.examples]})
+def build_trainer(cfg: TrainingConfig, model: Any, tokenizer: Any, data: TokenizedDataset,
+                  output_dir: Path, device: str, show_progress: bool,
+                  callbacks: Sequence[Any] = ()) -> Any:
+    """The selected objective's trainer for `model` (seeded and loaded by the caller), with
+    LoRA adapters when cfg.method is "lora", and one log line per logged step."""
+    peft_config = _lora_config(cfg) if cfg.method == "lora" else None
+    job = TrainerJob(model=model, tokenizer=tokenizer, data=data,
+                     arguments=trainer_arguments(cfg, output_dir, device, show_progress),
+                     max_length=cfg.max_length, packing=use_packing(cfg, model),
+                     peft_config=peft_config, callbacks=list(callbacks),
+                     settings=cfg.objective_settings())
+    with warnings.catch_warnings():
+        if peft_config is not None:
+            # peft (0.21.2, the newest release) reads transformers 5's deprecated
+            # `is_gradient_checkpointing` property when it wraps the model in adapters
+            # (PeftModel.__init__): a FutureWarning no call of ours makes or can avoid. Only
+            # that message is ignored, only while the model is wrapped.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+        trainer = get_objective(cfg.objective).trainer(job)
+    quiet_default_printing(trainer)
+    return trainer
 
 
 def _peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
-
-def last_complete_checkpoint(trainer_dir: Path) -> str | None:
-    """The newest checkpoint-N folder that was saved completely, deleting newer partial ones.
-
-    transformers writes trainer_state.json last; a folder without it is what a kill during a
-    save leaves behind, and resuming from it would fail on every rerun."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    while (last := get_last_checkpoint(str(trainer_dir))) is not None:
-        state = Path(last) / "trainer_state.json"
-        try:
-            json.loads(state.read_text())
-            return last
-        except (OSError, json.JSONDecodeError):
-            log.warning("training: %s was not saved completely (killed mid-save?); deleting it "
-                        "and resuming from the one before", last)
-            shutil.rmtree(last)
-    return None
 
 
 def _count_supervised(collator, counter: dict[str, int]):
@@ -172,17 +156,6 @@ def _sum_over_ranks(value: int, device) -> int:
     return int(total.item())
 
 
-def finished_result(final: Path) -> TrainingResult | None:
-    """The result of a run whose folder is already complete (nothing is trained), or None."""
-    done = read_finished(final)
-    if done is None:
-        return None
-    return TrainingResult(final, done["checkpoint_hash"], False,
-                          global_step=done.get("global_step", 0),
-                          loss_history=done.get("loss_history", []),
-                          examples=done.get("examples", 0), info=done)
-
-
 def _tokenizer(resolved):
     from transformers import AutoTokenizer
 
@@ -192,33 +165,16 @@ def _tokenizer(resolved):
     return tokenizer
 
 
-def read_finished(path: Path) -> dict[str, Any] | None:
-    """The marker of a finished checkpoint folder, or None if the folder is not complete."""
-    marker = path / MARKER
-    if not marker.exists():
+def _forward_worker_lines(on_log: Callable[[dict[str, Any]], None] | None):
+    """The launcher's line callback: every worker line as {"output": line}, a logged step's
+    line with its entry too ({"step", "loss", ...}, as in one process)."""
+    if on_log is None:
         return None
-    try:
-        return json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-class _ForwardLogs:
-    """A TrainerCallback that forwards each logged dict (loss, lr, ...) to a function."""
-
-    def __new__(cls, on_log: Callable[[dict[str, float]], None]):
-        from transformers import TrainerCallback
-
-        class Forward(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs:
-                    on_log({"step": state.global_step, **logs})
-
-        return Forward()
+    return lambda line: on_log({**(parse_step_line(line) or {}), "output": line})
 
 
 def train_student(
-    messages: Sequence[Any],
+    records: Sequence[Any],
     student_model: str,
     cfg: TrainingConfig,
     run_dir: Path,
@@ -226,21 +182,24 @@ def train_student(
     info: dict[str, Any] | None = None,
     device: str = "auto",
     show_progress: bool = True,
-    on_log: Callable[[dict[str, float]], None] | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
     callbacks: Sequence[Any] = (),
     keep_model: bool = False,
 ) -> TrainingResult:
-    """Train on chat `messages` records; the finished model is ``run_dir / "model"``.
+    """Train on `records` (what cfg.objective trains on; sft: chat `messages` records, as its
+    `records()` reads them from filtered_dataset); the finished model is ``run_dir / "model"``.
 
     `run_dir` should be unique to (student, data, training config): a finished folder there is
     returned as is, and a crashed run there is resumed from its last saved step. `info` is
     recorded in the folder's marker file (e.g. the dataset's data version). `keep_model` returns
-    the trained (merged) model in memory too, as ``result.model``.
+    the trained (merged) model in memory too, as ``result.model``. `on_log` receives each logged
+    entry ({"step": N, "loss": ..., ...}); without it each is logged as one line.
 
     With cfg.num_processes > 1 this launches the data-parallel processes (training/launch.py);
-    `on_log` then receives each line of their output as {"output": line}, and `callbacks` and
-    `keep_model` are not available (they cannot cross processes)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    `on_log` then receives each line of their output as {"output": line} (a logged step's line
+    with its entry's keys too), and `callbacks` and `keep_model` are not available (they cannot
+    cross processes)."""
+    objective = get_objective(cfg.objective)
     if cfg.num_processes > 1 and not os.environ.get(WORKER_ENV):
         if keep_model or callbacks:
             raise ValueError("keep_model and callbacks need num_processes == 1")
@@ -248,17 +207,15 @@ def train_student(
         if done is not None:
             return done
         # Bad records or a missing model fail here, once and clearly, not in N workers.
-        tokenizer = _tokenizer(resolve_model(student_model))
-        tokenize_records(tokenizer, messages, cfg.max_length)
-        return train_distributed(
-            messages, student_model, cfg, run_dir, info=info, device=device,
-            show_progress=show_progress,
-            on_output=(lambda line: on_log({"output": line})) if on_log else None)  # type: ignore[arg-type]
+        objective.prepare(_tokenizer(resolve_model(student_model)), records, cfg.max_length)
+        return train_distributed(records, student_model, cfg, run_dir, info=info, device=device,
+                                 show_progress=show_progress,
+                                 on_output=_forward_worker_lines(on_log))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
 
     import torch
     from transformers import AutoModelForCausalLM
-    from trl import SFTTrainer
 
     run_dir = Path(run_dir)
     final = run_dir / "model"
@@ -269,10 +226,10 @@ def train_student(
     resolved = resolve_model(student_model)
     real_device = pick_device(device)
     tokenizer = _tokenizer(resolved)
-    tokenized = tokenize_records(tokenizer, messages, cfg.max_length)
+    tokenized = objective.prepare(tokenizer, records, cfg.max_length)
     if tokenized.dropped_too_long:
         log.warning("training: %d of %d records are longer than max_length=%d tokens and were "
-                    "left out (first: record %d)", len(tokenized.dropped_too_long), len(messages),
+                    "left out (first: record %d)", len(tokenized.dropped_too_long), len(records),
                     cfg.max_length, tokenized.dropped_too_long[0])
 
     torch.manual_seed(cfg.seed)
@@ -280,12 +237,8 @@ def train_student(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     trainer_dir = run_dir / "trainer"
     trainer_dir.mkdir(parents=True, exist_ok=True)
-    args = sft_config(cfg, trainer_dir, real_device, show_progress, use_packing(cfg, model))
-    extra = list(callbacks) + ([_ForwardLogs(on_log)] if on_log else [])
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=to_dataset(tokenized), processing_class=tokenizer,
-        peft_config=_lora_config(cfg) if cfg.method == "lora" else None, callbacks=extra or None,
-    )
+    trainer = build_trainer(cfg, model, tokenizer, tokenized, trainer_dir, real_device,
+                            show_progress, [*callbacks, log_callback(on_log)])
     counter = {"supervised": 0}
     trainer.data_collator = _count_supervised(trainer.data_collator, counter)
     last = last_complete_checkpoint(trainer_dir)
@@ -318,6 +271,7 @@ def train_student(
         "checkpoint_hash": checkpoint_hash,
         "base_model": student_model,
         "base_model_fingerprint": resolved.fingerprint,
+        "objective": cfg.objective,
         "method": cfg.method,
         "training_config": cfg.fingerprint(),
         "global_step": state.global_step,
@@ -341,6 +295,6 @@ def train_student(
         supervised_tokens_trained=counter["supervised"],
         supervised_tokens_per_s=counter["supervised"] / max(seconds, 1e-9),
         peak_rss_gb=_peak_rss_gb(),
-        precision="bf16 autocast" if args.bf16 else "fp32", info=marker,
+        precision="bf16 autocast" if trainer.args.bf16 else "fp32", info=marker,
         model=trained if keep_model else None,
     )
