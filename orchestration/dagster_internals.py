@@ -8,7 +8,8 @@ real instance, so an upgrade that moves or changes one fails a test named after 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import dagster as dg
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
@@ -20,6 +21,7 @@ from dagster._core.definitions.data_version import (
 )
 from dagster._core.definitions.events import AssetKeyPartitionKey
 from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.storage.defs_state.base import set_defs_state_storage
 from dagster._time import get_current_datetime
 
 MISSING = "missing"
@@ -81,3 +83,12 @@ def requested_backfill_tags(instance: dg.DagsterInstance, limit: int = 20
     """The tags of the backfills that are still requested (unfinished)."""
     return [dict(b.tags) for b in instance.get_backfills(status=BulkActionStatus.REQUESTED,
                                                           limit=limit)]
+
+
+@contextmanager
+def instance_scope(instance: dg.DagsterInstance) -> Iterator[None]:
+    """Load definitions for runs against `instance`: Dagster reads the definitions' state from
+    whichever instance was last entered (a context variable), which may be one that a caller
+    has since closed; materializing then fails with "undefined DagsterInstance weakref"."""
+    with set_defs_state_storage(instance.defs_state_storage):
+        yield

@@ -19,6 +19,7 @@ import dagster as dg
 from distill_dag.assets import build_assets
 from distill_dag.config import config_path, load_project_config
 from distill_dag.orchestration.automation import build_automation
+from distill_dag.orchestration.dagster_internals import instance_scope
 from distill_dag.orchestration.executors import executor_def
 from distill_dag.orchestration.stale import record_observations
 from distill_dag.resources import ProjectResource, RuntimeResource, StoreResource
@@ -80,13 +81,14 @@ def materialize_all(definitions: dg.Definitions, instance: dg.DagsterInstance,
     # Record the inputs' versions first, so that later staleness compares against them.
     record_observations(instance, definitions.resolve_asset_graph(), project)
     results = []
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    tags = {"distill_dag/launched_by": "distill-dag materialize",
+            **project.orchestration.run_tags()}
     for selection, partition in run_plan(stages or STAGES, names):
-        results.append(dg.materialize(assets, selection=selection, partition_key=partition,
-                                      instance=instance, resources=resources,
-                                      run_config={"loggers": {"console": {"config": {
-                                          "log_level": log_level}}}},
-                                      tags={"distill_dag/launched_by": "distill-dag materialize",
-                                            **project.orchestration.run_tags()}))
+        with instance_scope(instance):
+            results.append(dg.materialize(assets, selection=selection, partition_key=partition,
+                                          instance=instance, resources=resources,
+                                          run_config=run_config, tags=tags))
     return results
 
 

@@ -33,6 +33,7 @@ from distill_dag.orchestration.dagster_internals import (
     MISSING,
     STALE,
     StaleResolver,
+    instance_scope,
     observation,
 )
 from distill_dag.stage import Stage, in_order
@@ -175,11 +176,12 @@ def materialize_stale(definitions: dg.Definitions, instance: dg.DagsterInstance,
         for item in stale_items(instance, graph, [asset], teachers, stages):
             if on_step:
                 on_step(item)
-            run.results.append(dg.materialize(
-                assets, selection=[asset], partition_key=item.partition, instance=instance,
-                resources=resources, run_config=run_config,
-                tags={"distill_dag/launched_by": "distill-dag materialize --stale",
-                      **(tags or {})}))
+            with instance_scope(instance):
+                run.results.append(dg.materialize(
+                    assets, selection=[asset], partition_key=item.partition,
+                    instance=instance, resources=resources, run_config=run_config,
+                    tags={"distill_dag/launched_by": "distill-dag materialize --stale",
+                          **(tags or {})}))
             run.ran.append(item)
     run.work = work_done(run.results)
     run.seconds = time.perf_counter() - started

@@ -73,3 +73,19 @@ def test_backfill_request(graph_and_instance):
 def test_requested_backfill_tags(graph_and_instance):
     _, _, instance = graph_and_instance
     assert internals.requested_backfill_tags(instance) == []
+
+
+def test_instance_scope(graph_and_instance):
+    defs, _, instance = graph_and_instance
+    with dg.instance_for_test() as closed:
+        storage = closed.defs_state_storage
+    # A caller left the context pointing at an instance it has closed since.
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(storage):
+        # Without the scope Dagster reads that closed instance ("undefined DagsterInstance
+        # weakref" once it is collected; its deleted database before).
+        with pytest.raises(Exception, match=r"weakref|unable to open database"):
+            dg.materialize(defs.assets[1:2], instance=instance)
+        with internals.instance_scope(instance):
+            assert dg.materialize(defs.assets[1:2], instance=instance).success
