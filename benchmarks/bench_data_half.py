@@ -155,7 +155,7 @@ def bench_scoring(args) -> None:
 def bench_rerun(args) -> None:
     import dagster as dg
 
-    from distill_dag.definitions import build_definitions, materialize_all
+    from distill_dag.orchestration.definitions import build_definitions, materialize_all
 
     config = ROOT / "tests" / "configs" / "tiny.yaml"
     with tempfile.TemporaryDirectory() as home, dg.instance_for_test() as instance:

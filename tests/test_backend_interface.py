@@ -265,7 +265,7 @@ def test_without_vllm_a_vllm_teacher_fails_saying_how_to_get_it(tmp_path: Path):
 
 @pytest.mark.skipif(HAS_VLLM, reason="vllm imports here: tests/test_vllm_backend.py runs it")
 def test_without_vllm_the_asset_fails_without_retrying(tmp_path: Path):
-    from distill_dag.definitions import build_definitions
+    from distill_dag.orchestration.definitions import build_definitions
 
     config = tmp_path / "p.yaml"
     config.write_text(yaml.safe_dump({
