@@ -56,7 +56,8 @@ STAGES: list[Stage] = [
         # code and the verifier, whose bump re-verifies stored samples without regenerating.
         name="teacher_outputs", run=teacher_outputs.run, partitioned=True,
         reads=(t.QUERIES,), writes=(t.TEACHER_OUTPUTS,), observes=(TEACHER_CONFIG,),
-        version=f"1+verifier{verify.VERIFIER_VERSION}", gpus=lambda p: p.teacher_gpus(),
+        # Read when the assets are built (not at import): a verifier bump shows as a change.
+        settings=lambda p: f"verifier{verify.VERIFIER_VERSION}", gpus=lambda p: p.teacher_gpus(),
         kinds=("pytorch", "duckdb"),
         description="Samples from one teacher (partition): text, token counts, finish reason, "
                     "latency and per-token log-probs, verified with math-verify. Every request "

@@ -63,6 +63,18 @@ def use_packing(cfg: TrainingConfig, model: Any) -> bool:
     return "flash" in implementation
 
 
+def _checkpointing_argument() -> str:
+    """transformers 5.2x names it activation_checkpointing (gradient_checkpointing is the
+    deprecated alias); the older transformers that vLLM pins (.venv-vllm) knows only the alias."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names \
+        else "gradient_checkpointing"
+
+
 def trainer_arguments(cfg: TrainingConfig, output_dir: Path, device: str,
                       show_progress: bool) -> dict[str, Any]:
     """The transformers TrainingArguments keywords every objective shares (an objective adds
@@ -79,9 +91,7 @@ def trainer_arguments(cfg: TrainingConfig, output_dir: Path, device: str,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
         # Small students train fastest without recomputation; TRL turns it on by default.
-        # (transformers 5 names it activation_checkpointing; gradient_checkpointing is the
-        # deprecated alias.)
-        activation_checkpointing=False,
+        **{_checkpointing_argument(): False},
         bf16=use_bf16(cfg, device),
         fp16=False,
         use_cpu=not device.startswith("cuda"),
