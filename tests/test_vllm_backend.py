@@ -197,8 +197,8 @@ def test_the_whole_dag_with_a_vllm_teacher(tmp_path):
     (teacher_logprobs: rescore, through prompt_logprobs); each step releases the engine."""
     import dagster as dg
 
-    from distill_dag.orchestration.definitions import build_definitions, materialize_all
     from distill_dag.generation import vllm_backend
+    from distill_dag.orchestration.definitions import build_definitions, materialize_all
 
     config = tmp_path / "vllm.yaml"
     config.write_text(textwrap.dedent(f"""
