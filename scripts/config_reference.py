@@ -44,8 +44,23 @@ def _backend_sections() -> list[tuple[str, type]]:
     return out
 
 
+def _objective_sections() -> list[tuple[str, type]]:
+    """The training objectives' own settings, at training.<objective> (kd, redi)."""
+    from distill_dag.training.objectives import OBJECTIVES
+
+    out: list[tuple[str, type]] = []
+    for name, objective in sorted(OBJECTIVES.items()):
+        if objective.Settings is not None:
+            out += config_sections(objective.Settings, f"training.{name}")
+    return out
+
+
 def render() -> str:
     sections = config_sections(ProjectConfig)
+    objectives = _objective_sections()
+    last = max(i for i, (path, _) in enumerate(sections)
+               if path == "training" or path.startswith("training."))
+    sections[last + 1:last + 1] = objectives
     backends = _backend_sections()
     skip = set(NOT_KEYS)
     if backends:  # after the teachers' own subsections

@@ -350,3 +350,38 @@ def test_unreachable_mlflow_fails_before_training(tmp_path):
     assert not result.success
     assert f"127.0.0.1:{port} is unreachable" in _failure_text(result)
     assert not list((tmp_path / "home" / "artifacts").rglob("model.safetensors"))
+
+
+def test_kd_and_redi_train_from_the_stored_samples_and_top_k(tiny_run, tmp_path):
+    """distilled_checkpoint with training.objective kd, then redi after kd, on the tiny run's
+    store: the teachers' top-k came with their samples (nothing is recomputed), a changed loss
+    knob retrains from them, and redi reuses the kd checkpoint as its first stage."""
+    import yaml
+
+    home = tiny_run[0]
+
+    def materialize(training: dict) -> dict:
+        config = yaml.safe_load(TINY_CONFIG.read_text())
+        config["training"].update(training)
+        edited = tmp_path / "objective.yaml"
+        edited.write_text(yaml.safe_dump(config))
+        defs = build_definitions(edited, home=str(home), device="cpu", show_progress=False)
+        with dg.instance_for_test() as instance:
+            result = dg.materialize(list(defs.assets), selection=["distilled_checkpoint"],
+                                    instance=instance, resources=defs.resources)
+        event = result.get_asset_materialization_events()[0]
+        return {k: v.value for k, v in event.materialization.metadata.items()}
+
+    records = Store(Path(home) / "store").read_table("filtered_dataset").height
+    kd = materialize({"objective": "kd", "kd": {"top_k": 8}})
+    assert kd["objective"] == "kd" and kd["trained_now"]
+    assert kd["topk_from_sampling"] == records  # stored at sampling time (top_logprobs 20)
+    assert kd["topk_computed"] == 0 and kd["topk_raw_bytes_per_token"] == 20 * 6 + 2
+    other = materialize({"objective": "kd", "kd": {"top_k": 8, "divergence": "reverse_kl"}})
+    assert other["trained_now"] and other["path"] != kd["path"]  # a new knob, a new checkpoint
+    assert other["topk_computed"] == 0
+    redi = materialize({"objective": "redi", "kd": {"top_k": 8}, "redi": {"after": "kd"}})
+    assert redi["objective"] == "redi" and redi["trained_now"]
+    assert redi["kd_checkpoint"] == kd["path"] and redi["kd_trained_now"] is False
+    assert redi["redi_pairs"] >= 1
+    assert redi["redi_queries_with_pairs"] + redi["redi_queries_without_incorrect_sample"] >= 1

@@ -232,25 +232,29 @@ def test_an_unknown_objective_names_the_known_ones():
     from distill_dag.configbase import ConfigError
     from distill_dag.training.objectives import OBJECTIVES
 
-    with pytest.raises(ConfigError, match=r"training: objective must be one of \['sft'\], "
-                                          "got 'kd'"):
-        TrainingConfig.from_dict({"objective": "kd"})
+    with pytest.raises(ConfigError, match=r"training: objective must be one of \['kd', "
+                                          r"'redi', 'sft'\], got 'gkd'"):
+        TrainingConfig.from_dict({"objective": "gkd"})
     with pytest.raises(ConfigError, match="unknown key"):  # an unregistered objective's block
-        TrainingConfig.from_dict({"kd": {"beta": 0.5}})
+        TrainingConfig.from_dict({"gkd": {"beta": 0.5}})
     # An objective's block is written at training.<name>: a name must not shadow a field.
     assert not set(OBJECTIVES) & {f.name for f in fields(TrainingConfig)}
 
 
-def test_sft_reads_filtered_datasets_chat_records():
+def test_sft_reads_filtered_datasets_chat_records(tmp_path):
     import polars as pl
 
     from distill_dag import tables
-    from distill_dag.training.objectives import get_objective
+    from distill_dag.store import Store
+    from distill_dag.training.objectives import ObjectiveInputs, get_objective
 
     sft = get_objective("sft")
     assert sft.reads == (tables.FILTERED_DATASET,)
     frame = pl.DataFrame({"messages": _records(2), "teacher": ["a", "b"]})
-    assert sft.records({tables.FILTERED_DATASET: frame}) == _records(2)
+    store = Store(tmp_path)
+    store.write_table(tables.FILTERED_DATASET, frame)
+    data = sft.records(ObjectiveInputs(store, project=None), None)
+    assert data.records == _records(2) and data.version is None
 
 
 class _Refused(Exception):
@@ -277,8 +281,10 @@ def _toy_objective():
         reads = ("negatives",)
         Settings = ToySettings
 
-        def records(self, tables):
-            return list(tables["negatives"])
+        def records(self, inputs, settings):
+            from distill_dag.training.objectives import ObjectiveData
+
+            return ObjectiveData(inputs.table("negatives")["response"].to_list())
 
         def prepare(self, tokenizer, records, max_length):
             raise _Refused(f"toy prepare: {len(records)} records, max_length {max_length}")

@@ -16,6 +16,7 @@ from distill_dag.configbase import Config, stable_hash
 from distill_dag.errors import DistillError
 
 if TYPE_CHECKING:
+    from distill_dag.generation.topk import TopK
     from distill_dag.provenance.scoring import TextScorer
 
 
@@ -47,6 +48,9 @@ class GenerationResult:
     finish_reason: str  # "stop" (eos or stop string) or "length"
     latency_s: float  # this request's share of its batch's wall time
     lead: str = ""  # whitespace stripped from the front of the completion (see provenance)
+    # The model's top-k at each of token_ids (generation/topk.py), where the backend returns it
+    # at sampling time and the spec asks for it (top_logprobs > 0); else None.
+    topk: TopK | None = None
 
 
 def request_key(

@@ -40,6 +40,11 @@ class TeacherConfig(GenerationSpec):
 
     name: str = setting(doc="Partition key and store folder of its samples: letters, digits, "
                             "_ . - (at most 64).")
+    top_logprobs: int = setting(
+        20, "Top-k log-probs stored per sampled token, for logit distillation (training "
+        "objective kd): k (20 is the cap vLLM and OpenAI-compatible servers allow by default); "
+        "0 stores none. Taken at sampling time where the backend returns them, else by one "
+        "forward pass when kd first needs them. Not part of the request key.", output=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):

@@ -30,6 +30,7 @@ import polars as pl
 from distill_dag.generation.backend import GenerationBackend, GenerationRequest, request_key
 from distill_dag.generation.config import TeacherConfig
 from distill_dag.generation.spec import GenerationSpec
+from distill_dag.generation.topk import SAMPLING, store_topk
 from distill_dag.store import Store
 
 GENERATIONS = "generations"  # chunk kind of the teachers' samples in the store
@@ -190,6 +191,11 @@ def generate(
             with tqdm(total=len(missing), desc=f"{namespace}: generate",
                       unit="sample", disable=not show_progress) as bar:
                 for batch in backend.generate(missing, progress=bar.update):
+                    # The top-k first: a crash between the two writes leaves a sample without
+                    # one (filled by a forward pass when needed), never an orphan top-k read.
+                    if namespace.purpose == TEACHER:
+                        store_topk(store, folder, backend.model_fingerprint, SAMPLING,
+                                   [(r.key, r.topk) for r in batch if r.topk is not None])
                     frame = _results_frame(namespace.label, backend.model_fingerprint, batch)
                     store.append_chunk(kind, folder, frame)
                     new_frames.append(frame)

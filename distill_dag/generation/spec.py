@@ -122,8 +122,13 @@ class GenerationSpec(Config):
                                   "results per stored chunk).", output=False)
     settings: Config | None = setting(None, "The backend's own settings (its settings class; "
                                             "defaults filled in where it has some).")
+    top_logprobs: int = setting(
+        0, "Store the model's top-k log-probs of every sampled token (k; 0: none) where the "
+        "backend returns them at sampling time (generation/topk.py). Not part of the request "
+        "key: the samples are the same either way.", output=False)
 
     def __post_init__(self) -> None:
+        check_int("top_logprobs", self.top_logprobs, 0)
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError(f"model must be a model reference, got {self.model!r}")
         if not isinstance(self.backend, str) or not self.backend:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
+import numpy as np
+
 from distill_dag.generation.backend import Backend, GenerationRequest, GenerationResult
 from distill_dag.generation.decoding import (
     batch_seed,
@@ -29,6 +31,7 @@ from distill_dag.generation.decoding import (
 )
 from distill_dag.generation.prompts import render_prompt, teacher_style_and_stops
 from distill_dag.generation.spec import GenerationSpec
+from distill_dag.generation.topk import TopK, tail_logmass
 from distill_dag.models import load_model
 from distill_dag.provenance.scoring import LocalScorer
 
@@ -36,11 +39,15 @@ MIN_PREFIX_TOKENS = 16  # below this, copying the cache costs about what it save
 
 
 class _RawLogprobRecorder:
-    """Logits processor: log-prob of each sampled token under the unwarped distribution."""
+    """Logits processor: log-prob of each sampled token under the unwarped distribution, and
+    (top_k > 0) that distribution's top k at every step, for logit distillation."""
 
-    def __init__(self) -> None:
+    def __init__(self, top_k: int = 0) -> None:
+        self.top_k = top_k
         self.previous = None  # log_softmax of the last step's raw scores
         self.steps: list = []  # per step: [batch] log-probs of the token chosen at that step
+        self.top_values: list = []  # per step: [batch, k] (top_k > 0)
+        self.top_ids: list = []
 
     def __call__(self, input_ids, scores):
         import torch
@@ -49,6 +56,10 @@ class _RawLogprobRecorder:
             chosen = input_ids[:, -1:]
             self.steps.append(self.previous.gather(1, chosen).squeeze(1))
         self.previous = torch.log_softmax(scores.float(), dim=-1)
+        if self.top_k:
+            values, ids = self.previous.topk(self.top_k, dim=-1)
+            self.top_values.append(values)
+            self.top_ids.append(ids)
         return scores
 
     def finish(self, sequences):
@@ -59,6 +70,16 @@ class _RawLogprobRecorder:
             self.steps.append(self.previous.gather(1, sequences[:, -1:]).squeeze(1))
             self.previous = None
         return torch.stack(self.steps, dim=1) if self.steps else None
+
+    def topk(self, row: int, tokens: int) -> TopK | None:
+        """Row `row`'s top-k over its first `tokens` steps (None when not recorded)."""
+        if not self.top_k or not tokens:
+            return None
+        import torch
+
+        values = torch.stack([v[row] for v in self.top_values[:tokens]]).cpu().numpy()
+        ids = torch.stack([i[row] for i in self.top_ids[:tokens]]).cpu().numpy()
+        return TopK(ids.astype(np.int32), values.astype(np.float16), tail_logmass(values))
 
 
 class TransformersBackend(Backend):
@@ -185,7 +206,7 @@ class TransformersBackend(Backend):
                 past = copy.deepcopy(cache)
                 past.batch_repeat_interleave(len(batch))
             torch.manual_seed(batch_seed([r.key for r in batch], sampling.seed))
-            recorder = _RawLogprobRecorder()
+            recorder = _RawLogprobRecorder(self.spec.top_logprobs)
             with torch.inference_mode():
                 output = model.generate(
                     input_ids=input_ids.to(self.loaded.device),
@@ -199,11 +220,15 @@ class TransformersBackend(Backend):
             logprobs = recorder.finish(output)
             elapsed = time.perf_counter() - started
             prompt_lengths = mask.sum(dim=1).tolist()
-            results = [
-                self._result(req, new_tokens[i].tolist(), logprobs[i].tolist(), prompt_lengths[i],
-                             elapsed / len(batch))
-                for i, req in enumerate(batch)
-            ]
+            results = []
+            for i, req in enumerate(batch):
+                result = self._result(req, new_tokens[i].tolist(), logprobs[i].tolist(),
+                                      prompt_lengths[i], elapsed / len(batch))
+                # The kept tokens are the first steps (the completion is cut at its end only);
+                # without their char offsets there are no log-probs, and no top-k either.
+                if result.token_logprobs:
+                    result.topk = recorder.topk(i, len(result.token_ids))
+                results.append(result)
             if progress is not None:
                 progress(len(batch))
             yield results

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -22,7 +24,9 @@ from distill_dag.tracking import (
     redact_uri,
     start_or_resume_run,
 )
+from distill_dag.training.config import TrainingConfig
 from distill_dag.training.data import TOKENIZATION_VERSION
+from distill_dag.training.objectives import ObjectiveInputs, get_objective
 from distill_dag.training.train import MARKER, TrainingResult, train_student
 
 STAGE_VERSION = "1"
@@ -43,11 +47,17 @@ def training_records(ctx: StageContext) -> pl.DataFrame:
     return data
 
 
-def run_key(student_fingerprint: str, dataset_version: str, ctx: StageContext) -> str:
-    """Everything that decides the weights: a finished folder under this key is reused."""
-    return stable_hash({"student": student_fingerprint, "data": dataset_version,
-                        "training": ctx.project.training.fingerprint(), "stage": STAGE_VERSION,
-                        "tokenization": TOKENIZATION_VERSION})
+def run_key(student_fingerprint: str, dataset_version: str, training: TrainingConfig,
+            records_version: str | None = None) -> str:
+    """Everything that decides the weights: a finished folder under this key is reused. (An
+    objective whose records carry nothing beyond filtered_dataset, sft, adds nothing, so the
+    keys of runs from before objectives stay.)"""
+    parts = {"student": student_fingerprint, "data": dataset_version,
+             "training": training.fingerprint(), "stage": STAGE_VERSION,
+             "tokenization": TOKENIZATION_VERSION}
+    if records_version is not None:
+        parts["records"] = records_version
+    return stable_hash(parts)
 
 
 def _log_progress(ctx: StageContext):
@@ -78,12 +88,51 @@ def _log_result(ctx: StageContext, run: TrackedRun, result: TrainingResult) -> N
             run.end("FAILED")
 
 
-def train(ctx: StageContext, data: pl.DataFrame) -> tuple[TrainingResult, str, str]:
-    """Train (or reuse) the checkpoint for `data`: (result, dataset version, run key)."""
-    cfg = ctx.project
-    resolved = resolve_model(cfg.student.model)
+@dataclass
+class Trained:
+    """One trained (or reused) checkpoint of the stage."""
+
+    result: TrainingResult
+    run_key: str
+    objective: str
+    metadata: dict[str, Any]  # what the objective's records said about themselves
+
+
+def train(ctx: StageContext, data: pl.DataFrame) -> tuple[Trained, str]:
+    """Train (or reuse) the checkpoint for `data`: (the final stage, dataset version). An
+    objective that continues another's checkpoint (REDI) trains, or reuses, that one first."""
+    training = ctx.project.training
+    objective = get_objective(training.objective)
     dataset_version = filtered_dataset_version(data)
-    key = run_key(resolved.fingerprint, dataset_version, ctx)
+    student = ctx.project.student.model
+    first = objective.first_stage(training.objective_settings())
+    before: Trained | None = None
+    if first is not None:
+        ctx.log.info(f"{training.objective}: training on top of the {first} checkpoint")
+        before = train_one(ctx, dataclasses.replace(training, objective=first), student,
+                           dataset_version)
+        student = str(before.result.path)
+    trained = train_one(ctx, objective.stage_config(training), student, dataset_version)
+    if before is not None:
+        trained.metadata.update({f"{first}_checkpoint": PathValue(str(before.result.path)),
+                                 f"{first}_trained_now": before.result.trained_now})
+    return trained, dataset_version
+
+
+def train_one(ctx: StageContext, training: TrainingConfig, student: str,
+              dataset_version: str) -> Trained:
+    """One checkpoint: `student` trained by training.objective, logged to MLflow."""
+    cfg = ctx.project
+    objective = get_objective(training.objective)
+    resolved = resolve_model(student)
+    inputs = ObjectiveInputs(ctx.store, cfg, device=ctx.device, dtype=ctx.dtype,
+                             show_progress=ctx.show_progress, log=ctx.log)
+    try:
+        data = objective.records(inputs, training.objective_settings())
+    except DistillError as exc:
+        raise StageError(f"distilled_checkpoint ({training.objective}): {exc}",
+                         retryable=exc.retryable) from exc
+    key = run_key(resolved.fingerprint, dataset_version, training, data.version)
     run_dir = ctx.artifact_dir("distilled_checkpoint", key)
     tracker = run = None
     if not (run_dir / "model" / MARKER).exists():
@@ -94,16 +143,17 @@ def train(ctx: StageContext, data: pl.DataFrame) -> tuple[TrainingResult, str, s
         run, resumed = start_or_resume_run(
             tracker, run_dir, f"distilled_checkpoint {key}",
             tags={"distill_dag.stage": "distilled_checkpoint",
+                  "distill_dag.objective": training.objective,
                   "dagster.run_id": ctx.run_id or "", "dataset_version": dataset_version})
         if run is not None:
             if resumed:
                 ctx.log.info(f"continuing MLflow run {run.run_id}")
-            run.log_params({**flat_params(cfg.training), "student.model": cfg.student.model,
+            run.log_params({**flat_params(training), "student.model": student,
                             "student.fingerprint": resolved.fingerprint,
-                            "dataset_version": dataset_version, "records": data.height})
+                            "dataset_version": dataset_version, "records": len(data.records)})
     try:
         result = train_student(
-            data["messages"].to_list(), cfg.student.model, cfg.training, run_dir,
+            data.records, student, training, run_dir,
             info={"dataset_version": dataset_version, "run_key": key,
                   "mlflow_run_id": run.run_id if run else None,
                   "mlflow_tracking_uri": redact_uri(tracker.uri) if tracker else None},
@@ -116,13 +166,14 @@ def train(ctx: StageContext, data: pl.DataFrame) -> tuple[TrainingResult, str, s
         raise
     if run is not None:
         _log_result(ctx, run, result)
-    return result, dataset_version, key
+    return Trained(result, key, training.objective, data.metadata)
 
 
 def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.project
     data = training_records(ctx)
-    result, dataset_version, key = train(ctx, data)
+    trained, dataset_version = train(ctx, data)
+    result, key = trained.result, trained.run_key
     if result.resumed_from_step:
         ctx.log.info(f"resumed from saved step {result.resumed_from_step}")
     info = result.info
@@ -140,7 +191,7 @@ def run(ctx: StageContext) -> StageOutput:
                  f"{'trained' if result.trained_now else 'reused'}, {result.global_step} steps)")
     return StageOutput(
         tables={tables.DISTILLED_CHECKPOINT: registered},
-        metadata=_metadata(ctx, result, dataset_version),
+        metadata={**_metadata(ctx, result, dataset_version), **trained.metadata},
         work={"training_steps": result.steps_run if result.trained_now else 0},
         data_version=result.checkpoint_hash,
         checks=_checks(result, missing),
@@ -158,6 +209,7 @@ def _metadata(ctx: StageContext, result: TrainingResult, dataset_version: str) -
         "checkpoint_hash": result.checkpoint_hash,
         "dataset_version": dataset_version,
         "trained_now": result.trained_now,
+        "objective": ctx.project.training.objective,
         "method": ctx.project.training.method,
         "global_step": result.global_step,
         "steps_run_now": result.steps_run,

@@ -94,6 +94,18 @@ def check_record(tokenizer: Any, messages: Any, where: str) -> tuple[str, str]:
     return render_split(tokenizer, _check_messages(messages, where), where)
 
 
+def tokenize_record(tokenizer: Any, messages: Any, where: str) -> TokenizedExample:
+    """One chat record as prompt ids + reply ids, the loss on the reply only; errors name
+    `where`."""
+    prompt, reply = check_record(tokenizer, messages, where)
+    prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    reply_ids = list(tokenizer(reply, add_special_tokens=False)["input_ids"])
+    if not reply_ids:
+        raise TrainingDataError(f"{where}: the assistant turn tokenizes to 0 tokens; the loss "
+                                "mask would be empty")
+    return TokenizedExample(prompt_ids + reply_ids, [IGNORE_INDEX] * len(prompt_ids) + reply_ids)
+
+
 def tokenize_records(
     tokenizer: Any,
     messages_column: Sequence[Any],
@@ -106,21 +118,13 @@ def tokenize_records(
                                 "on (loosen the filters, raise k, or add queries)")
     out = TokenizedDataset(examples=[])
     for index, messages in enumerate(messages_column):
-        where = f"{source} record {index}"
-        prompt, reply = check_record(tokenizer, messages, where)
-        prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-        reply_ids = list(tokenizer(reply, add_special_tokens=False)["input_ids"])
-        if not reply_ids:
-            raise TrainingDataError(f"{where}: the assistant turn tokenizes to 0 tokens; the "
-                                    "loss mask would be empty")
-        if len(prompt_ids) + len(reply_ids) > max_length:
+        example = tokenize_record(tokenizer, messages, f"{source} record {index}")
+        if len(example.input_ids) > max_length:
             out.dropped_too_long.append(index)
             continue
-        example = TokenizedExample(prompt_ids + reply_ids,
-                                   [IGNORE_INDEX] * len(prompt_ids) + reply_ids)
         out.examples.append(example)
         out.tokens += len(example.input_ids)
-        out.supervised_tokens += len(reply_ids)
+        out.supervised_tokens += example.supervised_tokens
     if not out.examples:
         raise TrainingDataError(
             f"{source}: all {len(messages_column)} records are longer than training.max_length="

@@ -8,14 +8,24 @@ own Settings, if any, at ``training.<name>``) plus its line in OBJECTIVES below.
 from __future__ import annotations
 
 from distill_dag.configbase import ConfigError
-from distill_dag.training.objectives.base import Objective, TrainerJob
+from distill_dag.training.objectives.base import (
+    Objective,
+    ObjectiveData,
+    ObjectiveInputs,
+    TrainerJob,
+)
+from distill_dag.training.objectives.kd import KD
+from distill_dag.training.objectives.redi import REDI
 from distill_dag.training.objectives.sft import SFT
 
 OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (
     SFT(),
+    KD(),
+    REDI(),
 )}
 
-__all__ = ["OBJECTIVES", "Objective", "TrainerJob", "get_objective"]
+__all__ = ["OBJECTIVES", "Objective", "ObjectiveData", "ObjectiveInputs", "TrainerJob",
+           "get_objective"]
 
 
 def get_objective(name: str) -> Objective:

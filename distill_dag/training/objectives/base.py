@@ -10,8 +10,9 @@ of it enters the run key.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -36,6 +37,34 @@ class TrainerJob:
     settings: Config | None = None  # the objective's own settings (training.<name>)
 
 
+@dataclass
+class ObjectiveInputs:
+    """What an objective gathers its records from: the store, the project's config, and where
+    models run (kd's forward pass of a teacher for top-k log-probs it lacks)."""
+
+    store: Any  # distill_dag.store.Store
+    project: Any  # distill_dag.config.ProjectConfig
+    device: str = "auto"
+    dtype: str = "auto"
+    show_progress: bool = True
+    log: Any = field(default_factory=lambda: logging.getLogger("distill_dag"))
+
+    def table(self, name: str) -> Any:
+        """A store table (a polars DataFrame) by its distill_dag.tables name."""
+        return self.store.read_table(name)
+
+
+@dataclass
+class ObjectiveData:
+    """An objective's records, and what they are."""
+
+    records: list[Any]  # what prepare() and train_student take; JSON-serializable
+    # What the records carry beyond filtered_dataset (whose version is in the run key already):
+    # e.g. the teacher top-k's identity. None: nothing beyond it.
+    version: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)  # for the stage's metadata
+
+
 class Objective(ABC):
     """One way of training the student; a subclass is registered in objectives/__init__.py."""
 
@@ -49,9 +78,10 @@ class Objective(ABC):
     version: ClassVar[str] = "1"
 
     @abstractmethod
-    def records(self, tables: Mapping[str, Any]) -> list[Any]:
-        """The records train_student takes, from the tables in `reads` (name -> DataFrame).
-        They must be JSON-serializable: data-parallel training hands them to its workers."""
+    def records(self, inputs: ObjectiveInputs, settings: Config | None) -> ObjectiveData:
+        """The records train_student takes, from the tables in `reads` (inputs.table(name)).
+        They must be JSON-serializable: data-parallel training hands them to its workers.
+        Records that cannot be had raise a DistillError saying what to do."""
 
     @abstractmethod
     def prepare(self, tokenizer: Any, records: Sequence[Any], max_length: int) -> TokenizedDataset:
@@ -64,6 +94,16 @@ class Objective(ABC):
         """A transformers Trainer (TRL's, or one with its own compute_loss) for the job: it
         must keep the job's arguments, model, callbacks and peft_config, and batches with a
         ``labels`` tensor (IGNORE_INDEX where there is no loss), which the cycle counts."""
+
+    def first_stage(self, settings: Config | None) -> str | None:
+        """An objective that continues another one's checkpoint (REDI after SFT) names it: the
+        stage trains (or reuses) that objective's checkpoint first and starts from it."""
+        return None
+
+    def stage_config(self, cfg: Any) -> Any:
+        """The TrainingConfig this objective's own stage trains with (REDI: its lower learning
+        rate and one epoch); the shared one by default."""
+        return cfg
 
     def versions(self, settings: Config | None) -> dict[str, Any]:
         """What this objective adds to the run key (training.fingerprint()): its name, version

@@ -14,7 +14,12 @@ from typing import Any
 from distill_dag.configbase import Config
 from distill_dag.tables import FILTERED_DATASET
 from distill_dag.training.data import TokenizedDataset, tokenize_records
-from distill_dag.training.objectives.base import Objective, TrainerJob
+from distill_dag.training.objectives.base import (
+    Objective,
+    ObjectiveData,
+    ObjectiveInputs,
+    TrainerJob,
+)
 
 
 def sft_config(arguments: Mapping[str, Any], max_length: int, packing: bool, **overrides: Any):
@@ -48,8 +53,8 @@ class SFT(Objective):
     name = "sft"
     reads = (FILTERED_DATASET,)
 
-    def records(self, tables: Mapping[str, Any]) -> list[Any]:
-        return tables[FILTERED_DATASET]["messages"].to_list()
+    def records(self, inputs: ObjectiveInputs, settings: Config | None) -> ObjectiveData:
+        return ObjectiveData(inputs.table(FILTERED_DATASET)["messages"].to_list())
 
     def prepare(self, tokenizer: Any, records: Sequence[Any], max_length: int) -> TokenizedDataset:
         return tokenize_records(tokenizer, records, max_length)
