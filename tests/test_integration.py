@@ -385,3 +385,40 @@ def test_kd_and_redi_train_from_the_stored_samples_and_top_k(tiny_run, tmp_path)
     assert redi["kd_checkpoint"] == kd["path"] and redi["kd_trained_now"] is False
     assert redi["redi_pairs"] >= 1
     assert redi["redi_queries_with_pairs"] + redi["redi_queries_without_incorrect_sample"] >= 1
+
+
+def test_on_policy_samples_from_the_student_each_round_and_resumes_from_the_store(
+        tiny_run, tmp_path):
+    """Two rounds of on-policy distillation on the tiny run's store: round 2 samples from round
+    1's checkpoint; the best-ranked chosen teacher grades in its own (few-shot) prompt; a rerun
+    samples, grades and trains nothing."""
+    import yaml
+
+    home = tiny_run[0]
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["training"].update(objective="on_policy", on_policy={
+        "rounds": 2, "samples_per_query": 1, "max_new_tokens": 12, "top_k": 4})
+    edited = tmp_path / "on_policy.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    defs = build_definitions(edited, home=str(home), device="cpu", show_progress=False)
+    metas = []
+    with dg.instance_for_test() as instance:
+        for _ in range(2):
+            result = dg.materialize(list(defs.assets), selection=["distilled_checkpoint"],
+                                    instance=instance, resources=defs.resources)
+            event = result.get_asset_materialization_events()[0]
+            metas.append({k: v.value for k, v in event.materialization.metadata.items()})
+    store = Store(Path(home) / "store")
+    chosen = store.query("SELECT teacher FROM teacher_metrics WHERE chosen ORDER BY rank")
+    first, again = metas
+    assert first["objective"] == "on_policy" and first["trained_now"]
+    assert first["on_policy_teacher"] == chosen["teacher"][0]
+    queries = store.read_table("filtered_dataset")["query_id"].n_unique()
+    # The metadata is the last round's: its samples came from round 1's checkpoint, new now.
+    assert first["on_policy_round_1_generated_now"] == queries
+    assert first["on_policy_round_1_samples"] + first["on_policy_round_1_empty_samples"] == queries
+    assert first["topk_computed"] == first["on_policy_round_1_samples"]
+    folders = {p.name for p in (Path(home) / "store" / "generations_onpolicy").iterdir()}
+    assert len(folders) == 2  # one namespace per student model sampled: base, round 1
+    assert again["on_policy_round_1_generated_now"] == 0 and again["topk_computed"] == 0
+    assert not again["trained_now"] and again["path"] == first["path"]

@@ -114,6 +114,29 @@ def test_generation_logprobs_are_the_raw_distribution(sampled, backend):
     assert compared >= 6
 
 
+def test_top_k_log_probs_come_with_the_samples_and_match_transformers(sampled, backend):
+    """logprobs=k at sampling time: the stored top-20 of every sampled token is the model's raw
+    distribution there, as a transformers forward pass over prompt + sampled ids gives it."""
+    from distill_dag.generation.topk import SAMPLING, forward_topk, read_topk
+
+    store, summary = sampled
+    stored = read_topk(store, "vllm_teacher")
+    local = TransformersBackend(_teacher(), "cpu", "fp32").loaded
+    prompts = dict(zip(QUERIES["query_id"], QUERIES["prompt"], strict=True))
+    rows = summary.outputs.to_dicts()
+    assert set(stored) == {r["request_key"] for r in rows}
+    for row in rows:
+        topk, source = stored[row["request_key"]]
+        assert source == SAMPLING and topk.k == 20 and topk.tokens == len(row["token_ids"])
+        prompt_ids = local.tokenizer(backend.render(prompts[row["query_id"]]),
+                                     add_special_tokens=False)["input_ids"]
+        again = forward_topk(local.model, [prompt_ids], [row["token_ids"]], 20,
+                             pad_id=local.tokenizer.pad_token_id)[0]
+        assert (again.ids[:, 0] == topk.ids[:, 0]).all()
+        np.testing.assert_allclose(topk.logprobs[:, :5].astype(np.float32),
+                                   again.logprobs[:, :5].astype(np.float32), atol=2e-2)
+
+
 def test_scorer_uses_prompt_logprobs_and_matches_transformers(sampled, backend):
     _, summary = sampled
     rows = summary.outputs.to_dicts()

@@ -101,6 +101,10 @@ class Backend:
     settings_class: ClassVar[type[Config] | None] = None  # its fingerprint says what changes
     #                                                       outputs (setting(output=...))
     settings_required: ClassVar[bool] = False  # False: the defaults fill in when omitted
+    # True: the samples come from the spec's model itself (its fingerprint is in the request
+    # keys), so a local forward pass of it reproduces their distributions. False (a server):
+    # the spec's model is a local copy of what the server runs, trusted to be the same.
+    local_weights: ClassVar[bool] = True
 
     @classmethod
     def gpus(cls, settings: Config | None) -> int:

@@ -185,6 +185,7 @@ class OpenAIBackend(Backend):
 
     name = "openai"
     settings_key = "endpoint"
+    local_weights = False
     settings_class = EndpointConfig
     settings_required = True
 

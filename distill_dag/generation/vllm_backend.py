@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from distill_dag.configbase import (
     Config,
     ConfigError,
@@ -59,6 +61,7 @@ from distill_dag.generation.decoding import (
 )
 from distill_dag.generation.prompts import render_prompt, teacher_style_and_stops
 from distill_dag.generation.spec import GenerationSpec, check_optional_int
+from distill_dag.generation.topk import TopK, tail_logmass
 from distill_dag.models import load_model
 from distill_dag.provenance.scoring import TokenScores, tokenize_for_scoring
 
@@ -323,7 +326,9 @@ class VLLMBackend(Backend):
             seed=seed,
             stop=self.stop or None,
             stop_token_ids=sorted(self.eos_ids()),
-            logprobs=0,  # the sampled token's own log-prob, nothing more
+            # The sampled token's own log-prob, plus the top k for logit distillation
+            # (vLLM's max_logprobs, 20 by default, caps k).
+            logprobs=self.spec.top_logprobs,
             skip_special_tokens=True,
         )
 
@@ -373,7 +378,25 @@ class VLLMBackend(Backend):
             raise BackendError(f"vLLM returned {len(logprobs)} log-probs for {len(ids)} tokens")
         done = finish_completion(self.tokenizer, ids, logprobs, self.eos_ids(), self.stop,
                                  padded=False)
-        return done.result(request, prompt_tokens, latency)
+        result = done.result(request, prompt_tokens, latency)
+        if self.spec.top_logprobs and result.token_logprobs:
+            # The kept tokens are the first steps (a completion is cut at its end only).
+            result.topk = self._topk(completion.logprobs[:len(result.token_ids)])
+        return result
+
+    def _topk(self, steps) -> TopK:
+        """The top k of each step's returned log-probs (vLLM returns the top k plus the
+        sampled token, which may be outside them)."""
+        k = self.spec.top_logprobs
+        ids = np.zeros((len(steps), k), dtype=np.int32)
+        values = np.zeros((len(steps), k), dtype=np.float32)
+        for i, step in enumerate(steps):
+            best = sorted(step.items(), key=lambda item: -item[1].logprob)[:k]
+            if len(best) < k:
+                raise BackendError(f"vLLM returned {len(best)} top log-probs for logprobs={k}")
+            ids[i] = [token for token, _ in best]
+            values[i] = [lp.logprob for _, lp in best]
+        return TopK(ids, values.astype(np.float16), tail_logmass(values))
 
     # -- scoring ---------------------------------------------------------------------------------
     def scorer(self) -> VLLMScorer:

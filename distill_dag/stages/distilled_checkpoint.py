@@ -112,7 +112,13 @@ def train(ctx: StageContext, data: pl.DataFrame) -> tuple[Trained, str]:
         before = train_one(ctx, dataclasses.replace(training, objective=first), student,
                            dataset_version)
         student = str(before.result.path)
-    trained = train_one(ctx, objective.stage_config(training), student, dataset_version)
+    rounds = objective.rounds(training.objective_settings())
+    for round_ in range(rounds):
+        if rounds > 1:
+            ctx.log.info(f"{training.objective}: round {round_ + 1} of {rounds}")
+        trained = train_one(ctx, objective.stage_config(training), student, dataset_version,
+                            round_)
+        student = str(trained.result.path)
     if before is not None:
         trained.metadata.update({f"{first}_checkpoint": PathValue(str(before.result.path)),
                                  f"{first}_trained_now": before.result.trained_now})
@@ -120,12 +126,12 @@ def train(ctx: StageContext, data: pl.DataFrame) -> tuple[Trained, str]:
 
 
 def train_one(ctx: StageContext, training: TrainingConfig, student: str,
-              dataset_version: str) -> Trained:
+              dataset_version: str, round_: int = 0) -> Trained:
     """One checkpoint: `student` trained by training.objective, logged to MLflow."""
     cfg = ctx.project
     objective = get_objective(training.objective)
     resolved = resolve_model(student)
-    inputs = ObjectiveInputs(ctx.store, cfg, device=ctx.device, dtype=ctx.dtype,
+    inputs = ObjectiveInputs(ctx.store, cfg, student, round_, device=ctx.device, dtype=ctx.dtype,
                              show_progress=ctx.show_progress, log=ctx.log)
     try:
         data = objective.records(inputs, training.objective_settings())

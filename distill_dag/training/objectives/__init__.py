@@ -15,12 +15,14 @@ from distill_dag.training.objectives.base import (
     TrainerJob,
 )
 from distill_dag.training.objectives.kd import KD
+from distill_dag.training.objectives.on_policy import OnPolicy
 from distill_dag.training.objectives.redi import REDI
 from distill_dag.training.objectives.sft import SFT
 
 OBJECTIVES: dict[str, Objective] = {objective.name: objective for objective in (
     SFT(),
     KD(),
+    OnPolicy(),
     REDI(),
 )}
 

@@ -44,6 +44,8 @@ class ObjectiveInputs:
 
     store: Any  # distill_dag.store.Store
     project: Any  # distill_dag.config.ProjectConfig
+    student: str = ""  # the model this run trains (a checkpoint's folder after a first stage)
+    round: int = 0  # which of the objective's rounds (on_policy samples anew each round)
     device: str = "auto"
     dtype: str = "auto"
     show_progress: bool = True
@@ -99,6 +101,11 @@ class Objective(ABC):
         """An objective that continues another one's checkpoint (REDI after SFT) names it: the
         stage trains (or reuses) that objective's checkpoint first and starts from it."""
         return None
+
+    def rounds(self, settings: Config | None) -> int:
+        """How many times the stage trains with this objective, each round starting from the
+        last one's checkpoint (on_policy samples from the current student each round)."""
+        return 1
 
     def stage_config(self, cfg: Any) -> Any:
         """The TrainingConfig this objective's own stage trains with (REDI: its lower learning

@@ -111,6 +111,63 @@ def check_vocabularies(project: Any, student: str, teachers: Sequence[str]) -> N
                 "token by token. Train with sft, or choose teachers of the student's family")
 
 
+def with_token_ids(inputs: ObjectiveInputs, samples: pl.DataFrame) -> pl.DataFrame:
+    """Samples without token ids (an OpenAI-compatible server returns token strings, not ids)
+    get their reply tokenized by the student's tokenizer, which is the teacher's vocabulary."""
+    from distill_dag.models import load_model
+
+    lengths = samples["token_ids"].list.len().fill_null(0)
+    if not bool((lengths == 0).any()):
+        return samples
+    tokenizer = load_model(inputs.student, "cpu").tokenizer
+    ids = [list(row) if n else
+           list(tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"])
+           for row, n, messages in zip(samples["token_ids"].to_list(), lengths.to_list(),
+                                       samples["messages"].to_list(), strict=True)]
+    return samples.with_columns(pl.Series("token_ids", ids, dtype=pl.List(pl.Int64)))
+
+
+def teacher_topk_records(inputs: ObjectiveInputs, settings: KDSettings, samples: pl.DataFrame,
+                         sampled_by_teacher: bool) -> ObjectiveData:
+    """kd records of `samples` (request_key, teacher, messages, query_id, token_ids,
+    model_fingerprint): each with the top-k of the teacher in its `teacher` column at every
+    token, read from the store or computed by a forward pass. `sampled_by_teacher` False: the
+    tokens are another model's (on-policy: the student's), graded by the teacher."""
+    queries = inputs.table(tables.QUERIES)
+    prompts = dict(zip(queries["query_id"], queries["prompt"], strict=True))
+    teachers = sorted(set(samples["teacher"]))
+    check_vocabularies(inputs.project, inputs.student, teachers)
+    topk, counts = {}, {"from_sampling": 0, "computed": 0, "reused": 0}
+    for name in teachers:
+        summary = ensure_topk(inputs.store, inputs.project.teacher(name),
+                              samples.filter(pl.col("teacher") == name), prompts,
+                              settings.top_k, device=inputs.device, dtype=inputs.dtype,
+                              batch_size=settings.topk_batch_size,
+                              show_progress=inputs.show_progress,
+                              sampled_by_teacher=sampled_by_teacher)
+        topk.update(summary.topk)
+        for field in counts:
+            counts[field] += getattr(summary, field)
+    digest = hashlib.sha256()
+    records = []
+    for key, messages, ids in zip(samples["request_key"], samples["messages"].to_list(),
+                                  samples["token_ids"].to_list(), strict=True):
+        t = topk[key]
+        digest.update(key.encode() + t.ids.tobytes() + t.logprobs.tobytes())
+        records.append({"messages": messages, "request_key": key, "token_ids": list(ids),
+                        "topk_ids": t.ids.tolist(),
+                        "topk_logprobs": t.logprobs.astype(np.float32).tolist()})
+    reports = [storage_report(inputs.store, name) for name in teachers]
+    stored_tokens = sum(r["tokens"] for r in reports)
+    metadata: dict[str, Any] = {f"topk_{k}": v for k, v in counts.items()}
+    if stored_tokens:
+        for kind in ("disk", "raw"):
+            metadata[f"topk_{kind}_bytes_per_token"] = round(
+                sum(r[f"{kind}_bytes_per_token"] * r["tokens"] for r in reports)
+                / stored_tokens, 1)
+    return ObjectiveData(records, digest.hexdigest()[:16], metadata)
+
+
 @dataclass
 class KDExample(TokenizedExample):
     """A tokenized record plus the teacher's top-k at the positions of its sampled tokens."""
@@ -134,39 +191,10 @@ class KD(Objective):
             f'SELECT request_key, query_id, token_ids, model_fingerprint FROM '
             f'"{tables.TEACHER_OUTPUTS}" WHERE request_key IN (SELECT request_key FROM '
             f'"{tables.FILTERED_DATASET}")')
-        queries = inputs.table(tables.QUERIES)
-        prompts = dict(zip(queries["query_id"], queries["prompt"], strict=True))
-        teachers = sorted(set(data["teacher"]))
-        check_vocabularies(inputs.project, inputs.project.student.model, teachers)
-        topk, counts = {}, {"from_sampling": 0, "computed": 0, "reused": 0}
-        for name in teachers:
-            own = samples.filter(pl.col("request_key").is_in(
-                data.filter(pl.col("teacher") == name)["request_key"].implode()))
-            summary = ensure_topk(inputs.store, inputs.project.teacher(name), own, prompts,
-                                  settings.top_k, device=inputs.device, dtype=inputs.dtype,
-                                  batch_size=settings.topk_batch_size,
-                                  show_progress=inputs.show_progress)
-            topk.update(summary.topk)
-            for field in counts:
-                counts[field] += getattr(summary, field)
-        token_ids = dict(zip(samples["request_key"], samples["token_ids"], strict=True))
-        digest = hashlib.sha256()
-        records = []
-        for key, messages in zip(data["request_key"], data["messages"].to_list(), strict=True):
-            t = topk[key]
-            digest.update(key.encode() + t.ids.tobytes() + t.logprobs.tobytes())
-            records.append({"messages": messages, "request_key": key,
-                            "token_ids": list(token_ids[key]), "topk_ids": t.ids.tolist(),
-                            "topk_logprobs": t.logprobs.astype(np.float32).tolist()})
-        reports = [storage_report(inputs.store, name) for name in teachers]
-        stored_tokens = sum(r["tokens"] for r in reports)
-        metadata = {f"topk_{k}": v for k, v in counts.items()}
-        if stored_tokens:
-            metadata["topk_disk_bytes_per_token"] = round(
-                sum(r["disk_bytes_per_token"] * r["tokens"] for r in reports) / stored_tokens, 1)
-            metadata["topk_raw_bytes_per_token"] = round(
-                sum(r["raw_bytes_per_token"] * r["tokens"] for r in reports) / stored_tokens, 1)
-        return ObjectiveData(records, digest.hexdigest()[:16], metadata)
+        samples = data.select("request_key", "teacher", "messages").join(
+            samples, on="request_key", how="left")
+        return teacher_topk_records(inputs, settings, with_token_ids(inputs, samples),
+                                    sampled_by_teacher=True)
 
     def prepare(self, tokenizer: Any, records: Sequence[Any], max_length: int
                 ) -> TokenizedDataset:
