@@ -29,6 +29,7 @@ import polars as pl
 
 from distill_dag import tables
 from distill_dag.configbase import Config, check_int, check_number, setting
+from distill_dag.generation.registry import backend_class
 from distill_dag.generation.topk import TopKError, ensure_topk, storage_report, vocabulary_mismatch
 from distill_dag.training.data import (
     IGNORE_INDEX,
@@ -139,12 +140,14 @@ def teacher_topk_records(inputs: ObjectiveInputs, settings: KDSettings, samples:
     check_vocabularies(inputs.project, inputs.student, teachers)
     topk, counts = {}, {"from_sampling": 0, "computed": 0, "reused": 0}
     for name in teachers:
-        summary = ensure_topk(inputs.store, inputs.project.teacher(name),
+        teacher = inputs.project.teacher(name)
+        summary = ensure_topk(inputs.store, teacher,
                               samples.filter(pl.col("teacher") == name), prompts,
                               settings.top_k, device=inputs.device, dtype=inputs.dtype,
                               batch_size=settings.topk_batch_size,
                               show_progress=inputs.show_progress,
-                              sampled_by_teacher=sampled_by_teacher)
+                              sampled_by_teacher=sampled_by_teacher,
+                              same_weights=backend_class(teacher.backend).local_weights)
         topk.update(summary.topk)
         for field in counts:
             counts[field] += getattr(summary, field)
