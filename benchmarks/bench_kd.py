@@ -36,6 +36,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench_training import _Clock, _count_tokens  # the same timing as bench_training
+
 SYSTEM = "Solve the math word problem. Show each step, then end with: The answer is N."
 MODEL = "pkg:smollm2-135m-instruct"
 K = 20
@@ -75,32 +77,6 @@ def kd_records(n: int, store_dir: Path) -> tuple[list[dict], dict]:
         r.update(request_key=r["query_id"], token_ids=ids, topk_ids=t.ids.tolist(),
                  topk_logprobs=t.logprobs.astype("float32").tolist())
     return out, storage_report(store, "teacher")
-
-
-class _Clock:
-    """A TrainerCallback timing steps 2..N (step 1 pays one-off warm-up costs)."""
-
-    def __new__(cls, out: dict):
-        from transformers import TrainerCallback
-
-        class Clock(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                if state.global_step == 1:
-                    out["t1"] = time.perf_counter()
-
-            def on_train_end(self, args, state, control, **kwargs):
-                out["t_end"] = time.perf_counter()
-
-        return Clock()
-
-
-def _count_tokens(collator, out: dict):
-    def wrapped(examples):
-        batch = collator(examples)
-        out["batches"].append(int(batch["attention_mask"].sum()))
-        return batch
-
-    return wrapped
 
 
 def run_one(variant: str, records_file: str, steps: int, batch_size: int) -> dict:

@@ -38,7 +38,6 @@ from distill_dag.errors import DistillError
 from distill_dag.store import Store
 
 TOPK = "teacher_topk"  # chunk kind in the store: teacher_topk/<teacher name>/*.parquet
-DEFAULT_K = 20
 TAIL_FLOOR = float(np.log(1e-8))  # log of the smallest tail mass stored (fp16 keeps it)
 SAMPLING, FORWARD = "sampling", "forward"  # where a row's top-k came from
 log = logging.getLogger(__name__)
@@ -157,18 +156,15 @@ def forward_topk(model: Any, prompt_ids: Sequence[list[int]], token_ids: Sequenc
     alone) and ``logits_to_keep`` (the vocabulary projection only where the tokens are)."""
     import torch
 
+    from distill_dag.provenance.scoring import left_padded
+
     order = sorted(range(len(token_ids)), key=lambda i: -(len(prompt_ids[i]) + len(token_ids[i])))
     results: list[TopK | None] = [None] * len(token_ids)
     for begin in range(0, len(order), batch_size):
         batch = order[begin:begin + batch_size]
         rows = [list(prompt_ids[i]) + list(token_ids[i]) for i in batch]
-        width, keep = max(map(len, rows)), max(len(token_ids[i]) for i in batch) + 1
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, seq in enumerate(rows):
-            input_ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        keep = max(len(token_ids[i]) for i in batch) + 1
+        input_ids, mask, positions = left_padded(rows, pad_id)
         with torch.inference_mode():
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                            position_ids=positions.to(device), logits_to_keep=keep,

@@ -75,11 +75,14 @@ class _RawLogprobRecorder:
         """Row `row`'s top-k over its first `tokens` steps (None when not recorded)."""
         if not self.top_k or not tokens:
             return None
-        import torch
+        if not isinstance(self.top_values, np.ndarray):  # once per batch: [batch, steps, k]
+            import torch
 
-        values = torch.stack([v[row] for v in self.top_values[:tokens]]).cpu().numpy()
-        ids = torch.stack([i[row] for i in self.top_ids[:tokens]]).cpu().numpy()
-        return TopK(ids.astype(np.int32), values.astype(np.float16), tail_logmass(values))
+            self.top_values = torch.stack(self.top_values, dim=1).cpu().numpy()
+            self.top_ids = torch.stack(self.top_ids, dim=1).cpu().numpy()
+        values = self.top_values[row, :tokens]
+        return TopK(self.top_ids[row, :tokens].astype(np.int32), values.astype(np.float16),
+                    tail_logmass(values))
 
 
 class TransformersBackend(Backend):

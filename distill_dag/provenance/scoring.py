@@ -95,6 +95,20 @@ def tokenize_for_scoring(tokenizer, prompts: Sequence[str], responses: Sequence[
     return items
 
 
+def left_padded(seqs: Sequence[list[int]], pad: int) -> tuple[Any, Any, Any]:
+    """(input_ids, attention_mask, position_ids) of `seqs` left-padded to the longest, every
+    row ending at the last position; positions follow the mask, so a row computes as alone."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        input_ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def score_responses(
     loaded: LoadedModel,
     prompts: Sequence[str],
@@ -119,12 +133,7 @@ def score_responses(
         width = max(len(s) for s in seqs)
         resp_lens = [len(items[i][1]) for i in batch]
         keep = max(resp_lens) + 1
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            input_ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        input_ids, mask, positions = left_padded(seqs, pad)
         device = loaded.device
         with torch.inference_mode():
             logits = loaded.model(
