@@ -47,7 +47,8 @@ def run(ctx: StageContext) -> StageOutput:
     reasons = (quarantine.group_by("reason").len().sort("len", descending=True)
                if quarantine.height else None)
     for row in quarantine.head(20).iter_rows(named=True) if quarantine.height else []:
-        ctx.log.warning(f"quarantined {row['source_file']}:{row['line']} "
+        where = row["source_file"] or "generator"  # generated rows have no file
+        ctx.log.warning(f"quarantined {where}:{row['line']} "
                         f"field={row['field']}: {row['reason']}")
     return StageOutput(
         row_count=queries.height,
