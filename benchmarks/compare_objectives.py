@@ -137,8 +137,7 @@ def main() -> None:
             steps = result.global_step
         seconds = time.perf_counter() - started
         scores[name] = greedy(name, str(result.path))
-        rows[name] = {"steps": result.global_step, "seconds": seconds,
-                      "trained_now": result.trained_now, "metadata": trained.metadata}
+        rows[name] = {"steps": result.global_step, "metadata": trained.metadata}
         print(f"  {name}: {result.global_step} steps, {seconds:.0f} s "
               f"({'trained' if result.trained_now else 'reused'}), greedy pass@1 "
               f"{scores[name].mean():.3f}", flush=True)

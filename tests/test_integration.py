@@ -422,3 +422,51 @@ def test_on_policy_samples_from_the_student_each_round_and_resumes_from_the_stor
     assert len(folders) == 2  # one namespace per student model sampled: base, round 1
     assert again["on_policy_round_1_generated_now"] == 0 and again["topk_computed"] == 0
     assert not again["trained_now"] and again["path"] == first["path"]
+
+
+def test_on_policy_crashed_in_round_two_resumes_without_redoing_round_one(
+        tiny_run, tmp_path, monkeypatch):
+    """A crash after round 2's student samples were stored, while the teacher grades them: the
+    rerun reuses round 1's checkpoint and round 2's samples, and grades and trains only round 2."""
+    import yaml
+
+    from distill_dag.stages import distilled_checkpoint as stage
+    from distill_dag.training.objectives import on_policy
+
+    home = tiny_run[0]
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["training"].update(objective="on_policy", on_policy={  # seed 7: samples of its own
+        "rounds": 2, "samples_per_query": 1, "max_new_tokens": 12, "top_k": 4, "seed": 7})
+    edited = tmp_path / "on_policy_crash.yaml"
+    edited.write_text(yaml.safe_dump(config))
+    defs = build_definitions(edited, home=str(home), device="cpu", show_progress=False)
+    grade, train = on_policy.teacher_topk_records, stage.train_student
+    trained: list[bool] = []  # trained_now of each checkpoint, in order
+
+    def crash_in_round_two(inputs, *args, **kwargs):
+        if inputs.round == 1:
+            raise RuntimeError("simulated crash while grading round 2")
+        return grade(inputs, *args, **kwargs)
+
+    def spy(records, *args, **kwargs):
+        result = train(records, *args, **kwargs)
+        trained.append(result.trained_now)
+        return result
+
+    monkeypatch.setattr(stage, "train_student", spy)
+    monkeypatch.setattr(on_policy, "teacher_topk_records", crash_in_round_two)
+    with dg.instance_for_test() as instance:
+        with pytest.raises(Exception, match="simulated crash while grading round 2"):
+            dg.materialize(list(defs.assets), selection=["distilled_checkpoint"],
+                           instance=instance, resources=defs.resources)
+        # Round 1 trained and saved before the crash; Dagster's retries of the step reused it.
+        assert trained[0] and len(trained) >= 2 and not any(trained[1:])
+        trained.clear()
+        monkeypatch.setattr(on_policy, "teacher_topk_records", grade)
+        result = dg.materialize(list(defs.assets), selection=["distilled_checkpoint"],
+                                instance=instance, resources=defs.resources)
+    meta = {k: v.value for k, v in
+            result.get_asset_materialization_events()[0].materialization.metadata.items()}
+    assert trained == [False, True]  # round 1 reused, round 2 trained now
+    assert meta["trained_now"] and meta["on_policy_round_1_generated_now"] == 0
+    assert meta["topk_computed"] == meta["on_policy_round_1_samples"] > 0

@@ -128,3 +128,50 @@ def test_a_server_without_logprobs_falls_back_to_scoring_the_teacher_locally(lla
                                store, model, model, show_progress=False)
     assert set(summary.samples["teacher_logprob_source"]) == {"rescore"}
     assert summary.sentences["lp_teacher"].null_count() == 0
+
+
+def test_top_k_from_the_server_round_trips_through_the_store(llama, tmp_path):
+    """The server's top-k candidates (token strings) become ids of the local copy's tokenizer,
+    are stored with the samples at sampling time, and agree with a forward pass of the local
+    copy; samples with a candidate that names no one id get that forward pass instead."""
+    import numpy as np
+
+    from distill_dag.generation.prompts import render_prompt
+    from distill_dag.generation.topk import SAMPLING, ensure_topk, forward_topk, read_topk
+    from distill_dag.models import load_model
+    from tests.conftest import SMOLLM
+
+    teacher = dataclasses.replace(_teacher(llama.base_url), top_logprobs=8)
+    store = Store(tmp_path)
+    outputs = generate_teacher_outputs(teacher, QUERIES, store, show_progress=False).outputs
+    loaded = load_model(SMOLLM, "cpu", "fp32")
+    for row in outputs.iter_rows(named=True):  # the ids spell the text the server returned
+        assert row["token_ids"], row["request_key"]
+        decoded = loaded.tokenizer.decode(row["token_ids"], skip_special_tokens=True)
+        assert decoded.strip().startswith(row["response"][:20])
+    stored = read_topk(store, teacher.name)
+    assert stored and all(source == SAMPLING for _, source in stored.values())
+    prompts = dict(zip(QUERIES["query_id"], QUERIES["prompt"], strict=True))
+    keys = list(stored)
+    rows = outputs.filter(pl.col("request_key").is_in(keys)).sort("request_key")
+    prompt_ids = [loaded.tokenizer(render_prompt(teacher.prompt, prompts[q], loaded.tokenizer),
+                                   add_special_tokens=False)["input_ids"]
+                  for q in rows["query_id"]]
+    local = forward_topk(loaded.model, prompt_ids, rows["token_ids"].to_list(), 8,
+                         pad_id=loaded.tokenizer.pad_token_id)
+    for key, mine in zip(rows["request_key"], local, strict=True):
+        served = stored[key][0]
+        assert served.k == 8 and served.tokens == mine.tokens
+        # The server runs the Q4_1 GGUF, the local copy its de-quantized weights: the same
+        # model up to rounding. The most likely token agrees, and its log-prob is close.
+        agree = float(np.mean(served.ids[:, 0] == mine.ids[:, 0]))
+        assert agree >= 0.9, (key, agree)
+        same = served.ids[:, 0] == mine.ids[:, 0]
+        gap = np.abs(served.logprobs[same, 0].astype(np.float32)
+                     - mine.logprobs[same, 0].astype(np.float32))
+        assert float(np.median(gap)) < 0.05 and float(gap.max()) < 0.5, (key, gap.max())
+    # kd reads them back: what the server gave is reused, the rest is one forward pass.
+    summary = ensure_topk(store, teacher, outputs, prompts, 8, device="cpu", dtype="fp32",
+                          show_progress=False, same_weights=False)
+    assert summary.from_sampling == len(keys) and summary.computed == outputs.height - len(keys)
+    assert set(summary.topk) == set(outputs["request_key"])

@@ -186,3 +186,23 @@ def test_a_character_split_across_byte_tokens_keeps_the_logprobs():
         {"token": "?", "logprob": -0.5, "bytes": list(p)} for p in pieces]})
     # The third token begins inside "≤": it starts where that character starts.
     assert spelled == text and starts == [0, 2, 2] and logprobs == [-0.5] * 3
+
+
+@pytest.mark.parametrize("model", ["pkg:smollm2-135m-instruct", "pkg:gemma3-270m"])
+def test_token_pieces_name_the_id_that_spells_them(model):
+    """A server names tokens by text or bytes; the local tokenizer's table turns them back into
+    ids, for a byte-level (SmolLM2) and a SentencePiece (Gemma 3) vocabulary alike, and names
+    no id for a piece two ids spell."""
+    from distill_dag.generation.token_pieces import TokenPieces
+    from distill_dag.models import load_model
+
+    tokenizer = load_model(model, "cpu").tokenizer
+    pieces = TokenPieces(tokenizer)
+    text = "Ana has 3 apples.\nShe buys 12 more: 3 + 12 = 15. The answer is 15."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for i in ids:
+        piece = tokenizer.decode([i])
+        assert pieces.id_of(piece) == i, (piece, i)
+        assert pieces.id_of(piece, list(piece.encode())) == i
+    assert pieces.id_of("") is None  # special tokens and broken characters print as ""
+    assert pieces.id_of("no such piece \u2603\u2603") is None

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from distill_dag.configbase import (
     Config,
     ConfigError,
@@ -43,6 +45,7 @@ from distill_dag.generation.backend import (
 )
 from distill_dag.generation.prompts import chat_messages, plain_stop_strings, render_prompt
 from distill_dag.generation.spec import GenerationSpec, check_optional_int
+from distill_dag.generation.topk import TopK, tail_logmass
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 MAX_BACKOFF_S = 60.0
@@ -205,6 +208,8 @@ class OpenAIBackend(Backend):
         self._sleep = sleep
         self._local = threading.local()
         self._tokenizer = None
+        self._token_pieces = None
+        self._pieces_lock = threading.Lock()
         self.stop = list(spec.sampling.stop)
         if self.endpoint.api == "completions" and spec.prompt.style == "plain":
             self.stop += [s for s in plain_stop_strings(spec.prompt) if s not in self.stop]
@@ -347,11 +352,12 @@ class OpenAIBackend(Backend):
             body["messages"] = json.loads(request.prompt_text)
             if self.endpoint.logprobs:
                 body["logprobs"] = True
-                body["top_logprobs"] = 1  # llama.cpp's server returns none without it
+                # At least 1: llama.cpp's server returns no log-probs without it.
+                body["top_logprobs"] = max(1, self.spec.top_logprobs)
         else:
             body["prompt"] = request.prompt_text
             if self.endpoint.logprobs:
-                body["logprobs"] = 1
+                body["logprobs"] = max(1, self.spec.top_logprobs)
         return body
 
     def _one(self, request: GenerationRequest) -> GenerationResult:
@@ -389,11 +395,49 @@ class OpenAIBackend(Backend):
         # belong to no sentence.
         keep = [i for i, st in enumerate(starts) if st < len(text)]
         logprobs, starts = [logprobs[i] for i in keep], [starts[i] for i in keep]
+        token_ids, topk = self._identified(choice.get("logprobs"), keep) if logprobs else ([],
+                                                                                          None)
         return GenerationResult(
             key=request.key, query_id=request.query_id, sample_index=request.sample_index,
-            text=text, token_ids=[], token_logprobs=logprobs, token_starts=starts,
+            text=text, token_ids=token_ids, token_logprobs=logprobs, token_starts=starts,
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            finish_reason=finish, latency_s=time.perf_counter() - started, lead=lead)
+            finish_reason=finish, latency_s=time.perf_counter() - started, lead=lead,
+            topk=topk)
+
+    def _pieces(self):
+        if self._token_pieces is None:
+            from distill_dag.generation.token_pieces import TokenPieces
+
+            with self._pieces_lock:  # the request threads share one table
+                if self._token_pieces is None:
+                    self._token_pieces = TokenPieces(self._local_tokenizer())
+        return self._token_pieces
+
+    def _identified(self, logprobs: dict | None, keep: list[int]) -> tuple[list[int], TopK | None]:
+        """The kept tokens' ids and their top-k, named by the local copy's tokenizer: ([], None)
+        unless the spec asks for top-k; the ids without a top-k when a candidate names no one id
+        (an end-of-sequence printed as "") or the server returned fewer than k; nothing when a
+        sampled token names none. The forward pass fills in what is missing (topk.ensure_topk)."""
+        k = self.spec.top_logprobs
+        if not k:
+            return [], None
+        sampled, candidates = _top_pieces(logprobs, self.endpoint.api)
+        pieces = self._pieces()
+        named_ids = [pieces.id_of(*sampled[i]) for i in keep]
+        if any(i is None for i in named_ids):
+            return [], None
+        ids = [int(i) for i in named_ids if i is not None]
+        rows = []
+        for i in keep:
+            named = sorted(((pieces.id_of(text, raw), lp) for text, raw, lp in candidates[i]),
+                           key=lambda c: -c[1])[:k]
+            if len(named) < k or any(c[0] is None for c in named) \
+                    or len({c[0] for c in named}) < k:
+                return ids, None
+            rows.append(named)
+        top_ids = np.array([[c[0] for c in row] for row in rows], dtype=np.int32)
+        values = np.array([[c[1] for c in row] for row in rows], dtype=np.float32)
+        return ids, TopK(top_ids, values.astype(np.float16), tail_logmass(values))
 
     def generate(self, requests: list[GenerationRequest],
                  progress: Callable[[int], None] | None = None
@@ -445,6 +489,23 @@ def _chat_logprobs(logprobs: dict | None) -> tuple[str, list[int], list[float]]:
             starts.append(len(spelled))
             spelled += c["token"]
     return spelled, starts, [float(c["logprob"]) for c in content]
+
+
+def _top_pieces(logprobs: dict | None, api: str
+                ) -> tuple[list[tuple[str, list[int] | None]],
+                           list[list[tuple[str, list[int] | None, float]]]]:
+    """(each sampled token's (text, bytes or None), each token's top candidates (text, bytes or
+    None, log-prob)). The completions API gives candidates as a dict from text to log-prob."""
+    if api == "chat":
+        content = (logprobs or {}).get("content") or []
+        return ([(c["token"], c.get("bytes")) for c in content],
+                [[(t["token"], t.get("bytes"), float(t["logprob"]))
+                  for t in c.get("top_logprobs") or []] for c in content])
+    tokens = list((logprobs or {}).get("tokens") or [])
+    tops = list((logprobs or {}).get("top_logprobs") or [])
+    tops += [None] * (len(tokens) - len(tops))
+    return ([(t, None) for t in tokens],
+            [[(text, None, float(lp)) for text, lp in (top or {}).items()] for top in tops])
 
 
 def _completion_logprobs(logprobs: dict | None) -> tuple[str, list[int], list[float]]:

@@ -48,6 +48,7 @@ class _RawLogprobRecorder:
         self.steps: list = []  # per step: [batch] log-probs of the token chosen at that step
         self.top_values: list = []  # per step: [batch, k] (top_k > 0)
         self.top_ids: list = []
+        self.top_array: tuple[np.ndarray, np.ndarray] | None = None  # stacked by finish()
 
     def __call__(self, input_ids, scores):
         import torch
@@ -69,20 +70,17 @@ class _RawLogprobRecorder:
         if self.previous is not None:
             self.steps.append(self.previous.gather(1, sequences[:, -1:]).squeeze(1))
             self.previous = None
+        if self.top_values:  # once per batch: [batch, steps, k], read row by row in topk()
+            self.top_array = (torch.stack(self.top_values, dim=1).cpu().numpy(),
+                              torch.stack(self.top_ids, dim=1).cpu().numpy())
         return torch.stack(self.steps, dim=1) if self.steps else None
 
     def topk(self, row: int, tokens: int) -> TopK | None:
         """Row `row`'s top-k over its first `tokens` steps (None when not recorded)."""
-        if not self.top_k or not tokens:
+        if self.top_array is None or not tokens:
             return None
-        if not isinstance(self.top_values, np.ndarray):  # once per batch: [batch, steps, k]
-            import torch
-
-            self.top_values = torch.stack(self.top_values, dim=1).cpu().numpy()
-            self.top_ids = torch.stack(self.top_ids, dim=1).cpu().numpy()
-        values = self.top_values[row, :tokens]
-        return TopK(self.top_ids[row, :tokens].astype(np.int32), values.astype(np.float16),
-                    tail_logmass(values))
+        values, ids = self.top_array[0][row, :tokens], self.top_array[1][row, :tokens]
+        return TopK(ids.astype(np.int32), values.astype(np.float16), tail_logmass(values))
 
 
 class TransformersBackend(Backend):

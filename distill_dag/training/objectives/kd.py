@@ -113,7 +113,7 @@ def check_vocabularies(project: Any, student: str, teachers: Sequence[str]) -> N
 
 
 def with_token_ids(inputs: ObjectiveInputs, samples: pl.DataFrame) -> pl.DataFrame:
-    """Samples without token ids (an OpenAI-compatible server returns token strings, not ids)
+    """Samples without token ids (from a server whose token pieces named no id, or older)
     get their reply tokenized by the student's tokenizer, which is the teacher's vocabulary."""
     from distill_dag.models import load_model
 
