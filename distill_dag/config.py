@@ -33,6 +33,7 @@ from distill_dag.orchestration_config import OrchestrationConfig
 from distill_dag.provenance.categories import ProvenanceConfig
 from distill_dag.selection import RankingRule
 from distill_dag.training.config import TrackingConfig, TrainingConfig
+from distill_dag.training.objectives import get_objective
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
@@ -80,6 +81,10 @@ class ProjectConfig(Config):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ConfigError(f"{self.source}: teachers: duplicate teacher name(s) {duplicates}")
+        try:
+            get_objective(self.teacher_ranking.trial.objective)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.source}: teacher_ranking.trial.{exc}") from None
 
     def teacher(self, name: str) -> TeacherConfig:
         for teacher in self.teachers:
@@ -157,12 +162,21 @@ class ProjectConfig(Config):
 _HASHED_AS = {new: old for old, new in ProjectConfig.RENAMED_KEYS.items()}
 
 
+def _is_default(value: Any, field: dataclasses.Field) -> bool:
+    if field.default_factory is not dataclasses.MISSING:
+        return value == field.default_factory()
+    return field.default is not dataclasses.MISSING and value == field.default
+
+
 def _plain(value: Any) -> Any:
-    """dataclasses.asdict, with renamed fields under their old names (see _HASHED_AS)."""
+    """dataclasses.asdict, with renamed fields under their old names (see _HASHED_AS) and the
+    fields a class added later (its HASHED_WHEN_SET) left out while they keep their default."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         old = {new: old for old, new in getattr(value, "RENAMED_KEYS", {}).items()}
+        later = getattr(value, "HASHED_WHEN_SET", ())
         return {old.get(f.name, f.name): _plain(getattr(value, f.name))
-                for f in dataclasses.fields(value)}
+                for f in dataclasses.fields(value)
+                if not (f.name in later and _is_default(getattr(value, f.name), f))}
     if isinstance(value, list | tuple):
         return type(value)(_plain(v) for v in value)
     if isinstance(value, dict):

@@ -109,6 +109,9 @@ class Config:
     WHERE: ClassVar[str] = ""
     # Keys that were renamed, old -> new: an old key fails naming the new one (check_keys).
     RENAMED_KEYS: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    # Fields added after stores existed: section hashes (stages' code versions) leave them out
+    # while they keep their default, so adding a field makes nothing stale.
+    HASHED_WHEN_SET: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_dict(cls: type[_C], data: Any, where: str = "") -> _C:

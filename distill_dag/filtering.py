@@ -28,7 +28,7 @@ from distill_dag.difficulty import DifficultyConfig, in_band
 from distill_dag.diversity import DIVERSITY_METRICS
 from distill_dag.generation.config import PromptConfig
 
-BEST_OF_N_RULES = ("teacher_count", "teacher_fraction", "shortest", "random")
+BEST_OF_N_RULES = ("teacher_count", "teacher_fraction", "shortest", "longest", "random")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -49,8 +49,8 @@ class FilterConfig(Config):
     best_of_n: str = setting(
         "teacher_count", "How the responses of one query are ranked (best first): "
         '"teacher_count" (most Teacher sentences), "teacher_fraction" (highest share of '
-        'Teacher sentences), "shortest", or "random" (seeded). Ties go to the shorter '
-        "response, then the request key.")
+        'Teacher sentences), "shortest", "longest" (most completion tokens), or "random" '
+        "(seeded). Ties go to the shorter response, then the request key.")
     per_query: int = setting(
         1, "Responses kept per query (>= 1): the top ones by best_of_n (or by diversity).")
     min_completion_tokens: int = setting(1, "Drop responses shorter than this (tokens, >= 0).")
@@ -151,6 +151,8 @@ def _rank_expr(best_of_n: str) -> list[pl.Expr]:
         return [-pl.col("teacher_fraction"), *by_length]
     if best_of_n == "shortest":
         return by_length
+    if best_of_n == "longest":
+        return [-pl.col("completion_tokens"), pl.col("request_key")]
     return [pl.col("_seeded")]
 
 

@@ -38,6 +38,17 @@ METRICS: dict[str, str] = {
     "teacher_sentence_fraction": "teacher sentences / scored sentences",
     "tokens_generated": "completion tokens generated",
     "seconds": "generation seconds (sum of latencies)",
+    "cost": "money spent generating (prices: teachers[].price_per_hour, endpoint.price_per_"
+            "million_*; 0 where none is set)",
+    "tokens_per_correct": "completion tokens generated per verified-correct sample",
+    "seconds_per_correct": "generation seconds per verified-correct sample",
+    "cost_per_correct": "money per verified-correct sample",
+}
+
+# Trial distillation's measures (teacher_ranking.trial): order_by may use them when it is on.
+TRIAL_METRICS: dict[str, str] = {
+    "trial_pass_at_1": "greedy pass@1 on the trial's dev slice of the student after a short "
+                       "fine-tune on this teacher's data (teacher_ranking.trial)",
 }
 
 _DIRECTIONS = ("asc", "desc")
@@ -53,12 +64,14 @@ def compute_teacher_metrics(samples: pl.DataFrame, sentences: pl.DataFrame) -> p
     """One row per teacher with the metrics in ``METRICS``, plus n_queries_total and
     n_common_queries.
 
-    Every metric (costs included) is computed on the queries that ALL teachers answered: a
-    teacher that skipped the hard queries would otherwise look better on pass rate, yield and
-    cost for reasons that have nothing to do with the teacher. ``n_queries_total`` keeps how many
-    queries the teacher answered overall. A null ``correct`` counts as incorrect. Sentence
-    metrics use the sentences of the same samples whose category is not null / "unscored"
-    (mean_d_ts also skips null or NaN d_ts); they are null when a teacher has none.
+    A ``cost`` column in `samples` (money per sample, see ``sample_costs``) gives the cost
+    metrics; without one they are null. Every metric (costs included) is computed on the
+    queries that ALL teachers answered: a teacher that skipped the hard queries would otherwise
+    look better on pass rate, yield and cost for reasons that have nothing to do with the
+    teacher. ``n_queries_total`` keeps how many queries the teacher answered overall. A null
+    ``correct`` counts as incorrect. Sentence metrics use the sentences of the same samples
+    whose category is not null / "unscored" (mean_d_ts also skips null or NaN d_ts); they are
+    null when a teacher has none.
     """
     _require_columns(samples, SAMPLE_COLUMNS, "samples")
     _require_columns(sentences, SENTENCE_COLUMNS, "sentences")
@@ -105,6 +118,8 @@ def compute_teacher_metrics(samples: pl.DataFrame, sentences: pl.DataFrame) -> p
         .alias("student_ppl_correct"),
         pl.col("completion_tokens").sum().cast(pl.Int64).alias("tokens_generated"),
         pl.col("latency_s").cast(pl.Float64).sum().alias("seconds"),
+        (pl.col("cost").cast(pl.Float64).sum() if "cost" in s.columns
+         else pl.lit(None, dtype=pl.Float64)).alias("cost"),
     )
     solved = per_query.group_by("teacher").agg(
         pl.col("solved").sum().cast(pl.Int64).alias("_n_solved")
@@ -132,10 +147,89 @@ def compute_teacher_metrics(samples: pl.DataFrame, sentences: pl.DataFrame) -> p
             (pl.col("_n_correct") / pl.col("n_samples")).alias("pass_rate"),
             (pl.col("_n_correct") / pl.col("n_queries")).alias("yield_per_query"),
             (pl.col("_n_solved") / pl.col("n_queries")).alias("solved_share"),
+            *[(pl.col(total) / pl.col("_n_correct").replace(0, None)).alias(f"{name}_per_correct")
+              for total, name in (("tokens_generated", "tokens"), ("seconds", "seconds"),
+                                  ("cost", "cost"))],
             pl.lit(common.len(), dtype=pl.Int64).alias("n_common_queries"),
         )
     )
     return out.select("teacher", *METRICS, "n_queries_total", "n_common_queries").sort("teacher")
+
+
+def sample_costs(samples: pl.DataFrame, prices: dict[str, dict[str, float]]) -> pl.Series:
+    """Money per sample (rows with teacher, completion_tokens, latency_s and, where known,
+    prompt_tokens) under each teacher's ``prices`` (TeacherConfig.prices)."""
+    def price(field: str) -> pl.Expr:
+        return pl.col("teacher").replace_strict(
+            {t: p[field] for t, p in prices.items()}, default=0.0, return_dtype=pl.Float64)
+
+    prompt = (pl.col("prompt_tokens") if "prompt_tokens" in samples.columns
+              else pl.lit(0)).cast(pl.Float64).fill_null(0.0)
+    money = (prompt * price("per_million_input")
+             + pl.col("completion_tokens").cast(pl.Float64).fill_null(0.0)
+             * price("per_million_output")) / 1e6 \
+        + pl.col("latency_s").cast(pl.Float64).fill_null(0.0) * price("per_second")
+    return samples.select(money.alias("cost"))["cost"]
+
+
+def cost_per_kept_sample(outputs: pl.DataFrame, kept: pl.DataFrame,
+                         prices: dict[str, dict[str, float]]) -> pl.DataFrame:
+    """Per teacher: what all its samples cost (`outputs`: teacher_outputs rows) per
+    verified-correct sample and per sample that reached filtered_dataset (`kept`: its rows,
+    with a teacher column). A teacher nothing was kept from has null per-kept figures."""
+    costs = outputs.with_columns(sample_costs(outputs, prices))
+    totals = costs.group_by("teacher").agg(
+        pl.len().cast(pl.Int64).alias("samples"),
+        pl.col("correct").fill_null(False).cast(pl.Int64).sum().alias("correct"),
+        pl.col("completion_tokens").cast(pl.Int64).sum().alias("tokens"),
+        pl.col("latency_s").cast(pl.Float64).sum().alias("seconds"),
+        pl.col("cost").sum().alias("cost"))
+    counts = kept.group_by("teacher").agg(pl.len().cast(pl.Int64).alias("kept"))
+    out = totals.join(counts, on="teacher", how="left").with_columns(
+        pl.col("kept").fill_null(0))
+    per = []
+    for count in ("correct", "kept"):
+        n = pl.col(count).replace(0, None)
+        per += [(pl.col("tokens") / n).alias(f"tokens_per_{count}"),
+                (pl.col("seconds") / n).alias(f"seconds_per_{count}"),
+                (pl.col("cost") / n).alias(f"cost_per_{count}")]
+    return out.with_columns(per).sort("teacher")
+
+
+@dataclass
+class TrialConfig(Config):
+    """Trial distillation (DED): each eligible teacher's data trains the student for the same
+    short budget, and the student is scored on a dev slice of the training split."""
+
+    WHERE: ClassVar[str] = "teacher_ranking.trial"
+
+    steps: int = setting(
+        0, "Optimizer steps of each teacher's trial fine-tune (training's batch size, method "
+        "and learning rate); 0 turns trial distillation off. Every teacher gets the same "
+        "steps, so every trial sees the same number of examples.")
+    queries: int = setting(
+        64, "Training records per teacher: one per query (the best by filtering.best_of_n) "
+        "from training queries outside the dev slice, a seeded subset when there are more. A "
+        "teacher with fewer correct queries repeats its records within the same steps.")
+    dev_queries: int = setting(
+        40, "Training-split queries held out of every trial and scored by greedy pass@1: the "
+        "dev slice (never the eval split, which stays eval_report's).")
+    objective: str = setting(
+        "sft", "The training objective of the trials (training.objective's names; its "
+        "settings come from training.<objective>).")
+    seed: int = setting(0, "Seeds which training queries form the dev slice and the subset.")
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, 0)
+        check_int("queries", self.queries)
+        check_int("dev_queries", self.dev_queries)
+        check_int("seed", self.seed, 0)
+        if not isinstance(self.objective, str) or not self.objective:
+            raise ConfigError(f"objective must name a training objective, got {self.objective!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.steps > 0
 
 
 @dataclass
@@ -143,6 +237,8 @@ class RankingRule(Config):
     """How teachers are ranked and chosen from their metrics (the `teacher_ranking` section)."""
 
     WHERE: ClassVar[str] = "teacher_ranking"
+    # Added after stores existed: hashed only when set, so their code versions stay.
+    HASHED_WHEN_SET: ClassVar[tuple[str, ...]] = ("trial",)
 
     min_pass_rate: float = setting(
         0.0, "Teachers with pass_rate below this are ineligible (the reason names the numbers). "
@@ -155,11 +251,18 @@ class RankingRule(Config):
         ],
         doc='Lexicographic sort keys, each "metric asc|desc"; later keys only break ties of '
         "earlier ones, and missing values always rank last. Metrics (measured on the queries "
-        f"every teacher answered): {'; '.join(f'{k}: {v}' for k, v in METRICS.items())}.")
+        f"every teacher answered): {'; '.join(f'{k}: {v}' for k, v in METRICS.items())}. "
+        "With trial distillation on: "
+        f"{'; '.join(f'{k}: {v}' for k, v in TRIAL_METRICS.items())}.")
     tie_tolerance: float = setting(
         0.0, "Values within this relative tolerance (|a - b| <= tol * max(|a|, |b|)) tie on that "
         "key, so the next key decides. In [0, 1); 0 means only equal values tie.")
     top_k: int = setting(1, "How many teachers are chosen (>= 1); fewer when fewer are eligible.")
+    trial: TrialConfig = setting(
+        factory=TrialConfig, doc="Trial distillation: a short fine-tune of the student on each "
+        "eligible teacher's data, scored on a dev slice of the training split; the table shows "
+        "how well each proxy metric's ranking agrees with it (Kendall tau). Off by default "
+        "(steps 0): it trains once per teacher.")
 
     def __post_init__(self) -> None:
         check_number("min_pass_rate", self.min_pass_rate, 0.0, 1.0)
@@ -180,6 +283,10 @@ class RankingRule(Config):
         if self.tie_tolerance >= 1.0:
             raise ConfigError(f"tie_tolerance must be in [0, 1), got {self.tie_tolerance!r}")
         check_int("top_k", self.top_k)
+        needs_trial = [m for m, _ in self.keys if m in TRIAL_METRICS]
+        if needs_trial and not self.trial.enabled:
+            raise ConfigError(f"order_by uses {needs_trial}, which trial distillation measures: "
+                              "set teacher_ranking.trial.steps (e.g. 20) or drop them")
 
     @property
     def keys(self) -> list[tuple[str, str]]:
@@ -209,10 +316,10 @@ def _parse_key(item: Any) -> tuple[str, str]:
     if len(parts) != 2 or parts[1].lower() not in _DIRECTIONS:
         raise ConfigError(f'order_by entry {item!r} must look like "metric asc" or "metric desc"')
     metric, direction = parts[0], parts[1].lower()
-    if metric not in METRICS:
+    if metric not in METRICS and metric not in TRIAL_METRICS:
         raise ConfigError(
             f"order_by entry {item!r}: unknown metric {metric!r}; "
-            f"known metrics: {', '.join(METRICS)}"
+            f"known metrics: {', '.join([*METRICS, *TRIAL_METRICS])}"
         )
     return metric, direction
 
@@ -363,3 +470,30 @@ def rank_teachers(metrics: pl.DataFrame, rule: RankingRule) -> RankingResult:
     lines.extend(f"{r['teacher']} {reasons[r['teacher']]}" for r in bad)
     lines.append(f"Chosen: {', '.join(chosen)}")
     return RankingResult(table=table, chosen=chosen, explanation="\n".join(lines))
+
+
+def proxy_agreement(table: pl.DataFrame, measure: str = "trial_pass_at_1") -> pl.DataFrame:
+    """How well each proxy metric orders the teachers as `measure` (the trial) does: Kendall's
+    tau-b between the metric and the measure over the teachers that have both (+1: the higher
+    the metric, the better the trial; -1: the reverse; null: fewer than two teachers, or no
+    spread). ``agrees`` says whether the metric's direction in the default rule (higher is
+    better, except perplexity and cost-like metrics) matches the sign of tau."""
+    from scipy.stats import kendalltau
+
+    lower_is_better = {"student_ppl_correct", "length_mean", "tokens_generated", "seconds",
+                       "cost", "tokens_per_correct", "seconds_per_correct", "cost_per_correct"}
+    rows = []
+    for metric in METRICS:
+        if metric in ("n_queries", "n_samples") or metric not in table.columns:
+            continue
+        pairs = table.select(metric, measure).drop_nulls().drop_nans()
+        tau = None
+        if pairs.height >= 2 and pairs[metric].n_unique() > 1 and pairs[measure].n_unique() > 1:
+            tau = float(kendalltau(pairs[metric].to_numpy(), pairs[measure].to_numpy()).statistic)
+        better = "lower" if metric in lower_is_better else "higher"
+        agrees = None if tau is None or tau == 0 else (tau > 0) == (better == "higher")
+        rows.append({"metric": metric, "better": better, "kendall_tau": tau,
+                     "teachers": pairs.height, "agrees": agrees})
+    return pl.DataFrame(rows, schema={"metric": pl.String, "better": pl.String,
+                                      "kendall_tau": pl.Float64, "teachers": pl.Int64,
+                                      "agrees": pl.Boolean})

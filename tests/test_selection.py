@@ -234,3 +234,95 @@ def test_markdown(metrics: pl.DataFrame) -> None:
     assert "| 7.39 |" in md  # a's student perplexity e^2
     assert "n/a" in md  # c has no perplexity
     assert len(lines) == 2 + 3
+
+
+def test_cost_per_correct_sample_prices_tokens_and_device_hours():
+    """An endpoint teacher pays per token, a local one per device-hour; the cost of a teacher's
+    samples is divided by its verified-correct ones, on the common queries only."""
+    from distill_dag.selection import sample_costs
+
+    samples = samples_frame().with_columns(pl.lit(100).alias("prompt_tokens"))
+    prices = {"a": {"per_million_input": 1.0, "per_million_output": 4.0, "per_second": 0.0},
+              "b": {"per_million_input": 0.0, "per_million_output": 0.0, "per_second": 0.5}}
+    costs = sample_costs(samples, prices)
+    assert costs[0] == pytest.approx((100 * 1.0 + 10 * 4.0) / 1e6)  # a: tokens only
+    assert costs[5] == pytest.approx(1.0 * 0.5)  # b: one second at 0.5 per second
+    assert costs[8] == 0.0  # c: no prices set
+    m = compute_teacher_metrics(samples.with_columns(costs), sentences_frame())
+    row = {r["teacher"]: r for r in m.iter_rows(named=True)}
+    # a on q1, q2: 4 samples, 3 correct, 100 completion tokens, 5 s.
+    assert row["a"]["tokens_per_correct"] == pytest.approx(100 / 3)
+    assert row["a"]["seconds_per_correct"] == pytest.approx(5.0 / 3)
+    assert row["a"]["cost_per_correct"] == pytest.approx((400 * 1.0 + 100 * 4.0) / 1e6 / 3)
+    assert row["b"]["cost_per_correct"] == pytest.approx(3 * 0.5 / 1)
+    assert row["c"]["cost_per_correct"] is None  # no correct sample: no price per one
+    assert compute_teacher_metrics(samples_frame(), sentences_frame())["cost"].null_count() == 3
+
+
+def test_teacher_prices_come_from_the_endpoint_and_the_hourly_rate():
+    from distill_dag.generation.config import ConfigError, TeacherConfig
+
+    local = TeacherConfig.from_dict({"name": "t", "model": "pkg:smollm2-135m-instruct",
+                                     "price_per_hour": 3.6}, "teachers[0]")
+    assert local.prices() == {"per_million_input": 0.0, "per_million_output": 0.0,
+                              "per_second": pytest.approx(0.001)}
+    served = TeacherConfig.from_dict({
+        "name": "s", "model": "pkg:smollm2-135m-instruct", "backend": "openai",
+        "endpoint": {"base_url": "http://127.0.0.1:1/v1", "model": "m",
+                     "price_per_million_input": 0.5, "price_per_million_output": 2.0}},
+        "teachers[1]")
+    assert served.prices()["per_million_output"] == 2.0
+    with pytest.raises(ConfigError, match="price_per_hour"):
+        TeacherConfig.from_dict({"name": "t", "model": "pkg:smollm2-135m-instruct",
+                                 "price_per_hour": -1}, "teachers[0]")
+
+
+def test_cost_per_kept_sample_divides_all_samples_by_what_reached_the_dataset():
+    from distill_dag.selection import cost_per_kept_sample
+
+    outputs = samples_frame().with_columns(pl.lit(100).alias("prompt_tokens"))
+    kept = pl.DataFrame({"teacher": ["a", "a", "b"]})
+    prices = {"a": {"per_million_input": 0.0, "per_million_output": 1e6, "per_second": 0.0},
+              "b": {"per_million_input": 0.0, "per_million_output": 0.0, "per_second": 1.0}}
+    rows = {r["teacher"]: r for r in cost_per_kept_sample(outputs, kept, prices)
+            .iter_rows(named=True)}
+    # a: all 5 samples (q3 too), 4 correct, 200 tokens at 1 per token, 2 kept.
+    assert (rows["a"]["samples"], rows["a"]["correct"], rows["a"]["kept"]) == (5, 4, 2)
+    assert rows["a"]["cost_per_kept"] == pytest.approx(100.0)
+    assert rows["a"]["cost_per_correct"] == pytest.approx(50.0)
+    assert rows["b"]["cost_per_kept"] == pytest.approx(3.0) and rows["b"]["tokens_per_kept"] == 30
+    assert rows["c"]["kept"] == 0 and rows["c"]["cost_per_kept"] is None
+
+
+def test_proxy_agreement_is_kendall_tau_against_the_trial():
+    from distill_dag.selection import proxy_agreement
+
+    table = pl.DataFrame({
+        "teacher": ["a", "b", "c"],
+        "pass_rate": [0.9, 0.5, 0.1],            # same order as the trial: tau +1
+        "student_ppl_correct": [3.0, 2.0, 1.0],  # lower was meant better, yet rises with it
+        "yield_per_query": [0.2, 0.2, 0.2],      # no spread: no tau
+        "trial_pass_at_1": [0.6, 0.4, 0.2],
+    })
+    got = {r["metric"]: r for r in proxy_agreement(table).iter_rows(named=True)}
+    assert got["pass_rate"]["kendall_tau"] == pytest.approx(1.0) and got["pass_rate"]["agrees"]
+    ppl = got["student_ppl_correct"]
+    assert ppl["kendall_tau"] == pytest.approx(1.0) and ppl["better"] == "lower"
+    assert ppl["agrees"] is False  # lower ppl was meant to be better, the trial says otherwise
+    assert got["yield_per_query"]["kendall_tau"] is None
+    assert "n_queries" not in got and "teacher_sentence_fraction" not in got  # absent column
+    # One swapped pair of three: tau-b = (2 - 1) / 3.
+    swapped = table.with_columns(pl.Series("pass_rate", [0.9, 0.1, 0.5]))
+    tau = proxy_agreement(swapped).filter(pl.col("metric") == "pass_rate")["kendall_tau"][0]
+    assert tau == pytest.approx(1 / 3)
+
+
+def test_the_trial_metric_needs_trial_distillation_on():
+    from distill_dag.configbase import ConfigError
+
+    with pytest.raises(ConfigError, match=r"trial\.steps"):
+        RankingRule.from_dict({"order_by": ["trial_pass_at_1 desc"]})
+    rule = RankingRule.from_dict({"order_by": ["trial_pass_at_1 desc"], "trial": {"steps": 5}})
+    assert rule.keys == [("trial_pass_at_1", "desc")] and rule.trial.enabled
+    with pytest.raises(ConfigError, match=r"teacher_ranking\.trial"):
+        RankingRule.from_dict({"trial": {"steps": -1}})

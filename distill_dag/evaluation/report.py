@@ -110,8 +110,26 @@ def _metrics_table(cmp: Comparison) -> list[str]:
     return lines
 
 
+def _cost_table(costs: pl.DataFrame) -> list[str]:
+    def sig(value: float | None) -> str:  # money can be fractions of a cent: significant digits
+        return "n/a" if value is None else f"{value:.3g}"
+
+    lines = ["## Cost per accepted sample", "",
+             "What each teacher's samples cost (teachers[].price_per_hour, endpoint prices) "
+             "per verified-correct sample and per sample that reached filtered_dataset.", "",
+             "| teacher | samples | correct | kept | tokens / kept | seconds / kept | "
+             "cost / correct | cost / kept |", "|---|---|---|---|---|---|---|---|"]
+    for row in costs.iter_rows(named=True):
+        lines.append(f"| {row['teacher']} | {row['samples']} | {row['correct']} | "
+                     f"{row['kept']} | {sig(row['tokens_per_kept'])} | "
+                     f"{sig(row['seconds_per_kept'])} | {sig(row['cost_per_correct'])} | "
+                     f"{sig(row['cost_per_kept'])} |")
+    return [*lines, ""]
+
+
 def render_markdown(cmp: Comparison, shares: pl.DataFrame | None, examples: pl.DataFrame,
-                    header: dict[str, str], plots: dict[str, str]) -> str:
+                    header: dict[str, str], plots: dict[str, str],
+                    costs: pl.DataFrame | None = None) -> str:
     lines = ["# distill-dag eval report", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines += ["", verdict_line(cmp), "", "## Accuracy", ""]
@@ -143,6 +161,8 @@ def render_markdown(cmp: Comparison, shares: pl.DataFrame | None, examples: pl.D
         lines.append("")
         if "provenance_categories.png" in plots:
             lines += [f"![categories]({plots['provenance_categories.png']})", ""]
+    if costs is not None and costs.height:
+        lines += _cost_table(costs)
     lines += ["## Output lengths", ""]
     if "output_lengths.png" in plots:
         lines += [f"![lengths]({plots['output_lengths.png']})", ""]
@@ -157,7 +177,8 @@ def render_markdown(cmp: Comparison, shares: pl.DataFrame | None, examples: pl.D
 
 def write_report(out_dir: Path, cmp: Comparison, base: ModelEval, distilled: ModelEval,
                  shares: pl.DataFrame | None, queries: pl.DataFrame, header: dict[str, str],
-                 max_new_tokens: int, examples: int = 5) -> Path:
+                 max_new_tokens: int, examples: int = 5,
+                 costs: pl.DataFrame | None = None) -> Path:
     """Write report.md and its PNGs into out_dir; returns the report's path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_accuracy(cmp, out_dir / "accuracy.png")
@@ -172,5 +193,5 @@ def write_report(out_dir: Path, cmp: Comparison, base: ModelEval, distilled: Mod
              .join(queries.select("query_id", "prompt"), on="query_id")
              .sort("query_id").head(examples))
     path = out_dir / "report.md"
-    path.write_text(render_markdown(cmp, shares, pairs, header, written))
+    path.write_text(render_markdown(cmp, shares, pairs, header, written, costs))
     return path

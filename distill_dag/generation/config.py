@@ -17,7 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from distill_dag.configbase import Config, ConfigError, build_config, setting, stable_hash
+from distill_dag.configbase import (
+    Config,
+    ConfigError,
+    build_config,
+    check_number,
+    setting,
+    stable_hash,
+)
 from distill_dag.generation.registry import (
     KNOWN_BACKENDS,
     SETTINGS_KEYS,
@@ -45,11 +52,18 @@ class TeacherConfig(GenerationSpec):
         "objective kd): k (20 is the cap vLLM and OpenAI-compatible servers allow by default); "
         "0 stores none. Taken at sampling time where the backend returns them, else by one "
         "forward pass when kd first needs them. Not part of the request key.", output=False)
+    price_per_hour: float = setting(
+        0.0, "Price of one hour of one device a local backend generates on (a GPU-hour for "
+        "vllm, a GPU- or CPU-hour for transformers), for the cost per accepted sample in "
+        "teacher_selection: a sample costs its generation seconds x this x the GPUs the "
+        "teacher uses (at least 1). Endpoints price tokens instead (endpoint.price_per_million_"
+        "input / _output); both add up where both are set.", output=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
             raise ConfigError(f"name {self.name!r} must match {_NAME_RE.pattern}")
         super().__post_init__()
+        check_number("price_per_hour", self.price_per_hour, 0.0)
         check_spec(self)  # a known backend; its settings, defaults filled in
 
     @property
@@ -59,6 +73,14 @@ class TeacherConfig(GenerationSpec):
     def gpus(self) -> int:
         """GPUs a step generating or scoring with this teacher needs."""
         return backend_gpus(self)
+
+    def prices(self) -> dict[str, float]:
+        """What one sample costs per unit: per million prompt and completion tokens (an
+        endpoint's prices), per generation second (price_per_hour x GPUs / 3600)."""
+        settings = self.settings
+        return {"per_million_input": float(getattr(settings, "price_per_million_input", 0.0)),
+                "per_million_output": float(getattr(settings, "price_per_million_output", 0.0)),
+                "per_second": self.price_per_hour * max(1, self.gpus()) / 3600.0}
 
     def version(self) -> str:
         """A hash of what changes this teacher's outputs (`output_settings()`: batch size and

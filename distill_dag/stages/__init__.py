@@ -82,12 +82,17 @@ STAGES: list[Stage] = [
     Stage(
         # Reads teacher_outputs too: verdicts (a verifier bump) reach the ranking through it.
         name="teacher_selection", run=teacher_selection.run,
-        reads=(t.PROVENANCE_SAMPLES, t.PROVENANCE_SENTENCES, t.TEACHER_OUTPUTS),
-        writes=(t.TEACHER_METRICS,), config_sections=("teacher_ranking",), kinds=("duckdb",),
+        reads=(t.PROVENANCE_SAMPLES, t.PROVENANCE_SENTENCES, t.TEACHER_OUTPUTS, t.QUERIES),
+        writes=(t.TEACHER_METRICS,), settings=teacher_selection.settings,
+        # Trial distillation trains and scores a student per teacher.
+        gpus=lambda p: 1 if p.teacher_ranking.trial.enabled else 0, kinds=("duckdb",),
         description="Per teacher on the common queries: pass rate, yield, length mean/std, "
                     "student perplexity of correct outputs, mean pT - pS, Teacher-sentence "
-                    "fraction, tokens and seconds. Ranked by the configured lexicographic rule; "
-                    "the table, the rule and the reasons are in the metadata.",
+                    "fraction, tokens, seconds and money per correct sample; optionally a trial "
+                    "distillation score (a short fine-tune per teacher, greedy pass@1 on a dev "
+                    "slice of the training split) with each proxy's Kendall tau against it. "
+                    "Ranked by the configured lexicographic rule; the table, the rule and the "
+                    "reasons are in the metadata.",
     ),
     Stage(
         name="filtered_dataset", run=filtered_dataset.run,
@@ -129,7 +134,8 @@ STAGES: list[Stage] = [
     ),
     Stage(
         name="eval_report", run=eval_report.run,
-        reads=(t.DISTILLED_CHECKPOINT, t.TEACHER_METRICS, t.QUERIES),
+        reads=(t.DISTILLED_CHECKPOINT, t.TEACHER_METRICS, t.QUERIES, t.TEACHER_OUTPUTS,
+               t.FILTERED_DATASET),
         writes=(t.EVAL_ANSWERS, t.EVAL_SENTENCES),
         config_sections=("evaluation", "student", "provenance"), gpus=lambda p: 1,
         kinds=("pytorch", "mlflow"),

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,9 +99,14 @@ class Trained:
     metadata: dict[str, Any]  # what the objective's records said about themselves
 
 
-def train(ctx: StageContext, data: pl.DataFrame) -> tuple[Trained, str]:
-    """Train (or reuse) the checkpoint for `data`: (the final stage, dataset version). An
-    objective that continues another's checkpoint (REDI) trains, or reuses, that one first."""
+def train(ctx: StageContext, data: pl.DataFrame,
+          stand_ins: Mapping[str, pl.DataFrame] | None = None,
+          purpose: str = "distilled_checkpoint") -> tuple[Trained, str]:
+    """Train (or reuse) the checkpoint for `data` (filtered_dataset's rows): (the final stage,
+    dataset version). An objective that continues another's checkpoint (REDI) trains, or
+    reuses, that one first. `stand_ins` replace other store tables the objective reads (a
+    trial's negatives); `purpose` tags the MLflow runs (distilled_checkpoint, or a trial)."""
+    stand_ins = {tables.FILTERED_DATASET: data, **(stand_ins or {})}
     training = ctx.project.training
     objective = get_objective(training.objective)
     dataset_version = filtered_dataset_version(data)
@@ -110,14 +116,14 @@ def train(ctx: StageContext, data: pl.DataFrame) -> tuple[Trained, str]:
     if first is not None:
         ctx.log.info(f"{training.objective}: training on top of the {first} checkpoint")
         before = train_one(ctx, dataclasses.replace(training, objective=first), student,
-                           dataset_version)
+                           dataset_version, stand_ins=stand_ins, purpose=purpose)
         student = str(before.result.path)
     rounds = objective.rounds(training.objective_settings())
     for round_ in range(rounds):
         if rounds > 1:
             ctx.log.info(f"{training.objective}: round {round_ + 1} of {rounds}")
         trained = train_one(ctx, objective.stage_config(training), student, dataset_version,
-                            round_)
+                            round_, stand_ins=stand_ins, purpose=purpose)
         student = str(trained.result.path)
     if before is not None:
         trained.metadata.update({f"{first}_checkpoint": PathValue(str(before.result.path)),
@@ -126,13 +132,16 @@ def train(ctx: StageContext, data: pl.DataFrame) -> tuple[Trained, str]:
 
 
 def train_one(ctx: StageContext, training: TrainingConfig, student: str,
-              dataset_version: str, round_: int = 0) -> Trained:
+              dataset_version: str, round_: int = 0,
+              stand_ins: Mapping[str, pl.DataFrame] | None = None,
+              purpose: str = "distilled_checkpoint") -> Trained:
     """One checkpoint: `student` trained by training.objective, logged to MLflow."""
     cfg = ctx.project
     objective = get_objective(training.objective)
     resolved = resolve_model(student)
     inputs = ObjectiveInputs(ctx.store, cfg, student, round_, device=ctx.device, dtype=ctx.dtype,
-                             show_progress=ctx.show_progress, log=ctx.log)
+                             show_progress=ctx.show_progress, log=ctx.log,
+                             tables=dict(stand_ins or {}))
     try:
         data = objective.records(inputs, training.objective_settings())
     except DistillError as exc:
@@ -147,8 +156,8 @@ def train_one(ctx: StageContext, training: TrainingConfig, student: str,
             ctx.log.warning(tracker.fallback_note)
         # A run killed mid-training resumes from its saved step, and into its MLflow run.
         run, resumed = start_or_resume_run(
-            tracker, run_dir, f"distilled_checkpoint {key}",
-            tags={"distill_dag.stage": "distilled_checkpoint",
+            tracker, run_dir, f"{purpose} {key}",
+            tags={"distill_dag.stage": purpose,
                   "distill_dag.objective": training.objective,
                   "dagster.run_id": ctx.run_id or "", "dataset_version": dataset_version})
         if run is not None:

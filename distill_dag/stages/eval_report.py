@@ -25,6 +25,7 @@ from distill_dag.evaluation.run import (
     score_test_time_provenance,
 )
 from distill_dag.generation.config import TeacherConfig
+from distill_dag.selection import cost_per_kept_sample
 from distill_dag.stage import WARN, Check, Markdown, PathValue, StageContext, StageOutput
 from distill_dag.tracking import open_tracker, redact_uri
 
@@ -115,6 +116,16 @@ def _log_mlflow(ctx: StageContext, tracker, ckpt: dict, cmp: Comparison,
     return meta
 
 
+def teacher_costs(ctx: StageContext) -> pl.DataFrame:
+    """Per teacher: tokens, seconds and money per verified-correct sample and per sample that
+    reached filtered_dataset (selection.cost_per_kept_sample), at the configured prices."""
+    db, names = ctx.store, [t.name for t in ctx.project.teachers]
+    outputs = db.query("SELECT teacher, correct, prompt_tokens, completion_tokens, latency_s "
+                       f"FROM {tables.TEACHER_OUTPUTS} WHERE list_contains(?, teacher)", [names])
+    kept = db.query(f"SELECT teacher FROM {tables.FILTERED_DATASET}")
+    return cost_per_kept_sample(outputs, kept, {t.name: t.prices() for t in ctx.project.teachers})
+
+
 def run(ctx: StageContext) -> StageOutput:
     cfg, db = ctx.project, ctx.store
     ecfg = cfg.evaluation
@@ -155,8 +166,9 @@ def run(ctx: StageContext) -> StageOutput:
               "decoding": f"greedy + {ecfg.num_samples} samples at T={ecfg.temperature}, "
                           f"max {ecfg.max_new_tokens} new tokens, same prompt for both",
               "provenance teacher": teacher.name if teacher else "not computed"}
+    costs = teacher_costs(ctx)
     report = write_report(out_dir, cmp, base, distilled, shares, queries, header,
-                          ecfg.max_new_tokens)
+                          ecfg.max_new_tokens, costs=costs)
     seconds = time.perf_counter() - started
     numeric = numeric_metrics(cmp, shares)
     mlflow_meta = _log_mlflow(ctx, tracker, ckpt, cmp, numeric, out_dir) if tracker else {}
@@ -170,7 +182,11 @@ def run(ctx: StageContext) -> StageOutput:
                   "plots": embedded_plots(out_dir), "verdict": verdict, "queries": cmp.queries,
                   "generated_now": generated, "tokens_generated_now": tokens,
                   "seconds": round(seconds, 1), "checkpoint_hash": ckpt["checkpoint_hash"],
-                  **numeric, **mlflow_meta},
+                  **numeric, **mlflow_meta,
+                  **{f"{row['teacher']}/{field}": float(row[field])
+                     for row in costs.iter_rows(named=True)
+                     for field in ("cost_per_correct", "cost_per_kept", "seconds_per_kept")
+                     if row[field] is not None}},
         work={"eval_generations": generated, "eval_tokens_generated": tokens},
         data_version=report_key,
         checks=[Check("distilled_beats_base", severity=WARN, passed=cmp.gain.low > 0,

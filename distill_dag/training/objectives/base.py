@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -50,10 +50,19 @@ class ObjectiveInputs:
     dtype: str = "auto"
     show_progress: bool = True
     log: Any = field(default_factory=lambda: logging.getLogger("distill_dag"))
+    # Tables that stand in for the store's (by distill_dag.tables name): a trial distillation
+    # trains on one teacher's records without writing filtered_dataset.
+    tables: Mapping[str, Any] = field(default_factory=dict)
 
     def table(self, name: str) -> Any:
         """A store table (a polars DataFrame) by its distill_dag.tables name."""
+        if name in self.tables:
+            return self.tables[name]
         return self.store.read_table(name)
+
+    def has_table(self, name: str) -> bool:
+        """Whether table() has `name` (a stand-in, or the store's)."""
+        return name in self.tables or self.store.table_exists(name)
 
 
 @dataclass

@@ -85,7 +85,7 @@ def grading_teacher(inputs: ObjectiveInputs, settings: OnPolicySettings) -> str:
             raise OnPolicyError(f"on_policy: teacher {settings.teacher!r} is not in the config; "
                                 f"known teachers: {', '.join(names)}")
         return settings.teacher
-    if not inputs.store.table_exists(tables.TEACHER_METRICS):
+    if not inputs.has_table(tables.TEACHER_METRICS):
         raise OnPolicyError("on_policy: teacher_selection has not been materialized; "
                             "materialize it, or set training.on_policy.teacher")
     ranked = inputs.table(tables.TEACHER_METRICS).filter(pl.col("chosen")).sort("rank")

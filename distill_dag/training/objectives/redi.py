@@ -131,7 +131,7 @@ class REDI(Objective):
     def records(self, inputs: ObjectiveInputs, settings: Config | None) -> ObjectiveData:
         assert isinstance(settings, REDISettings)
         correct = inputs.table(tables.FILTERED_DATASET)
-        if not inputs.store.table_exists(tables.NEGATIVES):
+        if not inputs.has_table(tables.NEGATIVES):
             raise NoPairsError("redi: the negatives table is missing; rematerialize "
                                "filtered_dataset")
         negatives = inputs.table(tables.NEGATIVES)
