@@ -130,6 +130,10 @@ STAGES: list[Stage] = [
                       "tokenizer and chat template.", blocking=True),
             CheckSpec("loss_decreased", "The training loss at the end is below the loss at the "
                       "start (warns otherwise)."),
+            CheckSpec("teacher_hacking", "With the held-out monitor on (training.monitor): warns "
+                      "when the distance to the teacher on held-out queries rose at "
+                      "training.monitor.patience consecutive evaluations while the proxy (the "
+                      "same distance on training data) fell; passes with a note when it is off."),
         ),
     ),
     Stage(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import os
@@ -27,6 +28,17 @@ from distill_dag.tracking import (
 )
 from distill_dag.training.config import TrainingConfig
 from distill_dag.training.data import TOKENIZATION_VERSION
+from distill_dag.training.monitor import (
+    PLOT,
+    MonitorData,
+    best_entry,
+    kept_step,
+    make_callback,
+    monitor_entries,
+    plot_monitor,
+    split_heldout,
+    teacher_hacking,
+)
 from distill_dag.training.objectives import ObjectiveInputs, get_objective
 from distill_dag.training.train import MARKER, TrainingResult, train_student
 
@@ -81,6 +93,8 @@ def _log_result(ctx: StageContext, run: TrackedRun, result: TrainingResult) -> N
                       "checkpoint_path": str(result.path)})
         run.log_artifact(result.path / MARKER)
         run.log_artifact(os.path.join(result.path, "chat_template.jinja"))
+        if (result.path.parent / PLOT).exists():
+            run.log_artifact(result.path.parent / PLOT)
         run.end()
     except Exception as exc:  # the checkpoint is saved; losing the log must not lose it
         ctx.log.warning(f"MLflow logging after training failed ({exc}); the checkpoint is "
@@ -110,20 +124,31 @@ def train(ctx: StageContext, data: pl.DataFrame,
     training = ctx.project.training
     objective = get_objective(training.objective)
     dataset_version = filtered_dataset_version(data)
+    monitor = None
+    if training.monitor.enabled:  # held-out queries leave the data every objective reads
+        kept, heldout = split_heldout(data, training.monitor)
+        stand_ins[tables.FILTERED_DATASET] = kept
+        queries = stand_ins.get(tables.QUERIES)
+        monitor = MonitorData.build(kept, heldout, ctx.store.read_table(tables.QUERIES)
+                                    if queries is None else queries, training.monitor)
+        ctx.log.info(f"monitor: {heldout['query_id'].n_unique()} queries ({heldout.height} "
+                     f"records) held out of training, measured every "
+                     f"{training.monitor.eval_steps} steps")
     student = ctx.project.student.model
     first = objective.first_stage(training.objective_settings())
     before: Trained | None = None
     if first is not None:
         ctx.log.info(f"{training.objective}: training on top of the {first} checkpoint")
         before = train_one(ctx, dataclasses.replace(training, objective=first), student,
-                           dataset_version, stand_ins=stand_ins, purpose=purpose)
+                           dataset_version, stand_ins=stand_ins, purpose=purpose,
+                           monitor=monitor)
         student = str(before.result.path)
     rounds = objective.rounds(training.objective_settings())
     for round_ in range(rounds):
         if rounds > 1:
             ctx.log.info(f"{training.objective}: round {round_ + 1} of {rounds}")
         trained = train_one(ctx, objective.stage_config(training), student, dataset_version,
-                            round_, stand_ins=stand_ins, purpose=purpose)
+                            round_, stand_ins=stand_ins, purpose=purpose, monitor=monitor)
         student = str(trained.result.path)
     if before is not None:
         trained.metadata.update({f"{first}_checkpoint": PathValue(str(before.result.path)),
@@ -134,8 +159,10 @@ def train(ctx: StageContext, data: pl.DataFrame,
 def train_one(ctx: StageContext, training: TrainingConfig, student: str,
               dataset_version: str, round_: int = 0,
               stand_ins: Mapping[str, pl.DataFrame] | None = None,
-              purpose: str = "distilled_checkpoint") -> Trained:
-    """One checkpoint: `student` trained by training.objective, logged to MLflow."""
+              purpose: str = "distilled_checkpoint",
+              monitor: MonitorData | None = None) -> Trained:
+    """One checkpoint: `student` trained by training.objective, logged to MLflow; with
+    `monitor`, the held-out monitor measures it during training."""
     cfg = ctx.project
     objective = get_objective(training.objective)
     resolved = resolve_model(student)
@@ -172,13 +199,18 @@ def train_one(ctx: StageContext, training: TrainingConfig, student: str,
             info={"dataset_version": dataset_version, "run_key": key,
                   "mlflow_run_id": run.run_id if run else None,
                   "mlflow_tracking_uri": redact_uri(tracker.uri) if tracker else None},
-            device=ctx.device, show_progress=ctx.show_progress, on_log=_log_progress(ctx))
+            device=ctx.device, show_progress=ctx.show_progress, on_log=_log_progress(ctx),
+            callbacks=[make_callback(training.monitor, monitor, run_dir, training.max_length)]
+            if monitor is not None else ())
     except BaseException as exc:
         if run:
             run.end("FAILED")
         if isinstance(exc, DistillError):  # bad records, too few GPUs
             raise StageError(f"distilled_checkpoint: {exc}", retryable=exc.retryable) from exc
         raise
+    # Drawn again for a reused run too: its history is in the finished folder's marker.
+    plot_monitor(result.loss_history, run_dir / PLOT,
+                 teacher_hacking(result.loss_history, training.monitor.patience))
     if run is not None:
         _log_result(ctx, run, result)
     return Trained(result, key, training.objective, data.metadata)
@@ -206,10 +238,11 @@ def run(ctx: StageContext) -> StageOutput:
                  f"{'trained' if result.trained_now else 'reused'}, {result.global_step} steps)")
     return StageOutput(
         tables={tables.DISTILLED_CHECKPOINT: registered},
-        metadata={**_metadata(ctx, result, dataset_version), **trained.metadata},
+        metadata={**_metadata(ctx, result, dataset_version), **_monitor_metadata(result),
+                  **trained.metadata},
         work={"training_steps": result.steps_run if result.trained_now else 0},
         data_version=result.checkpoint_hash,
-        checks=_checks(result, missing),
+        checks=_checks(ctx, result, missing),
     )
 
 
@@ -249,11 +282,44 @@ def _metadata(ctx: StageContext, result: TrainingResult, dataset_version: str) -
     return metadata
 
 
-def _checks(result: TrainingResult, missing: list[str]) -> list[Check]:
+def _monitor_metadata(result: TrainingResult) -> dict[str, Any]:
+    entries = monitor_entries(result.loss_history)
+    if not entries:
+        return {}
+    best, kept = best_entry(result.loss_history), kept_step(result.loss_history)
+    metadata: dict[str, Any] = {
+        "monitor_curve": Json([{k: round(v, 4) if k != "step" else int(v) for k, v in h.items()}
+                               for h in entries]),
+        "monitor_best_step": int(best["step"]),
+        "monitor_best_heldout": round(best["monitor_heldout"], 4),
+        "monitor_weights": f"held-out evaluation step {kept} (training.monitor.keep_best)"
+                           if kept is not None else f"the last step, {result.global_step}",
+    }
+    plot = result.path.parent / PLOT
+    if plot.exists():
+        data = base64.b64encode(plot.read_bytes()).decode()
+        metadata["monitor_plot"] = Markdown(f"![held-out monitor](data:image/png;base64,{data})")
+    return metadata
+
+
+def _checks(ctx: StageContext, result: TrainingResult, missing: list[str]) -> list[Check]:
     losses = _losses(result)
     first, last = (losses[0]["loss"], losses[-1]["loss"]) if losses else (None, None)
+    monitor = ctx.project.training.monitor
+    hacking = teacher_hacking(result.loss_history, monitor.patience)
+    if not monitor_entries(result.loss_history):
+        hacking_meta = {"note": "the held-out monitor is off (training.monitor.eval_steps: 0)"}
+    elif hacking is None:
+        hacking_meta = {"note": f"no {monitor.patience} consecutive held-out rises with the "
+                                "proxy falling"}
+    else:
+        hacking_meta = {"note": f"held-out distance rose {monitor.patience} evaluations in a "
+                                f"row (steps {hacking['from_step']}-{hacking['to_step']}) while "
+                                "the proxy fell: teacher hacking; consider fewer steps or "
+                                "training.monitor.keep_best", **hacking}
     return [
         Check("hf_folder", passed=not missing, metadata={"missing": ", ".join(missing) or "none"}),
         Check("loss_decreased", severity=WARN, passed=bool(losses) and last < first,
               metadata={"loss_first": first or 0.0, "loss_last": last or 0.0}),
+        Check("teacher_hacking", severity=WARN, passed=hacking is None, metadata=hacking_meta),
     ]

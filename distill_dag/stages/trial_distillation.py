@@ -25,6 +25,7 @@ from distill_dag.selection import TrialConfig
 from distill_dag.stage import StageContext
 from distill_dag.stages.distilled_checkpoint import train
 from distill_dag.stages.filtered_dataset import chosen_samples
+from distill_dag.training.monitor import MonitorConfig
 
 TRIAL_PURPOSE = "teacher_selection.trial"
 
@@ -72,7 +73,9 @@ def run_trials(ctx: StageContext, teachers: list[str], cfg: TrialConfig) -> Tria
     if dev.is_empty():
         raise StageError("teacher_selection: trial distillation needs training queries for its "
                          "dev slice and the split has none")
-    training = dataclasses.replace(project.training, objective=cfg.objective, max_steps=cfg.steps)
+    # A trial is short and scored on its own dev slice: no held-out monitor inside it.
+    training = dataclasses.replace(project.training, objective=cfg.objective, max_steps=cfg.steps,
+                                   monitor=MonitorConfig())
     trial_ctx = dataclasses.replace(ctx, project=dataclasses.replace(project, training=training))
     evaluation = dataclasses.replace(project.evaluation, num_samples=0, pass_k=[1])
     ci = {"confidence": evaluation.confidence, "resamples": evaluation.bootstrap_resamples,

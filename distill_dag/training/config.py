@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from distill_dag.configbase import Config, ConfigError, build_config, setting, stable_hash
 from distill_dag.configbase import check_int as _positive_int
 from distill_dag.configbase import check_number as _number
+from distill_dag.training.monitor import MonitorConfig
 from distill_dag.training.objectives import OBJECTIVES, get_objective
 
 # transformers' SchedulerType values (checked against transformers in the tests): a typo fails
@@ -48,6 +49,8 @@ class TrainingConfig(Config):
     teachers; SFT: the loss on the assistant tokens only), LoRA or full, and the optimizer."""
 
     WHERE: ClassVar[str] = "training"
+    # Added after stores existed: hashed only when set, so their code versions stay.
+    HASHED_WHEN_SET: ClassVar[tuple[str, ...]] = ("monitor",)
     METHODS: ClassVar[tuple[str, ...]] = ("lora", "full")
     DTYPES: ClassVar[tuple[str, ...]] = ("auto", "bf16", "fp32")
 
@@ -107,6 +110,13 @@ class TrainingConfig(Config):
         "takes batch_size examples per step, so the effective batch is batch_size x "
         "gradient_accumulation_steps x N (it changes the trained weights).")
 
+    monitor: MonitorConfig = setting(
+        factory=MonitorConfig, doc="The held-out monitor (training/monitor.py): every "
+        "eval_steps, the distance to the teacher on a training sample (the proxy) and on "
+        "queries held out of training, and greedy pass@1 on some of them; the teacher_hacking "
+        "check warns when the held-out distance rises while the proxy falls. Off by default "
+        "(eval_steps 0); on, it holds heldout_queries queries out of training.")
+
     def __post_init__(self) -> None:
         if isinstance(self.lora, Mapping):
             self.lora = build_config(LoraSettings, self.lora, "lora")
@@ -133,6 +143,11 @@ class TrainingConfig(Config):
         if self.lr_scheduler not in LR_SCHEDULERS:
             raise ValueError(f"lr_scheduler must be one of {list(LR_SCHEDULERS)}, "
                              f"got {self.lr_scheduler!r}")
+        if isinstance(self.monitor, Mapping):
+            self.monitor = build_config(MonitorConfig, self.monitor, "monitor")
+        if self.monitor.enabled and self.num_processes > 1:
+            raise ValueError("monitor.eval_steps needs num_processes 1: the monitor measures "
+                             "inside the training process")
         self.epochs = float(self.epochs)  # 2 and 2.0 are the same run (and run key)
 
     def objective_settings(self) -> Config | None:
@@ -144,7 +159,8 @@ class TrainingConfig(Config):
 
         `output_settings()` with two adjustments that keep the keys of runs from before a knob
         existed: the objective enters as what it versions (sft versions nothing: every run
-        before the knob was sft), and num_processes only when it is not 1."""
+        before the knob was sft), num_processes only when it is not 1, the monitor only when
+        it is on."""
         values = self.output_settings()
         del values["objective"], values["settings"]
         versions = get_objective(self.objective).versions(self.objective_settings())
@@ -152,6 +168,8 @@ class TrainingConfig(Config):
             values["objective"] = versions
         if values["num_processes"] == 1:
             values.pop("num_processes")
+        if not self.monitor.enabled:  # off changes nothing: the keys of older runs stay
+            values.pop("monitor")
         return stable_hash(values, length)
 
     @classmethod
