@@ -51,12 +51,21 @@ def _print_summary(home: str, instance) -> None:
     store = Store(os.path.join(home, "store"))
     metrics = store.read_table(TEACHER_METRICS)
     dataset = store.query(f"SELECT count(*) AS n FROM {FILTERED_DATASET}")["n"][0]
-    cols = ["rank", "teacher", "chosen", "pass_rate", "yield_per_query", "length_mean",
-            "student_ppl_correct", "mean_d_ts", "teacher_sentence_fraction", "tokens_generated",
-            "seconds"]
+    cols = ["rank", "teacher", "chosen", "pass_rate", "yield_per_query",
+            "student_ppl_correct", "teacher_sentence_fraction", "tokens_per_correct",
+            "seconds_per_correct"]
+    if "trial_pass_at_1" in metrics.columns and metrics["trial_pass_at_1"].is_not_null().any():
+        cols += ["trial_pass_at_1", "trial_low", "trial_high"]
     print("Teacher selection:")
     with pl.Config(tbl_rows=20, tbl_cols=20, tbl_width_chars=200, float_precision=3):
         print(metrics.select([c for c in cols if c in metrics.columns]))
+    if "trial_pass_at_1" in cols:
+        trialed = metrics.filter(pl.col("trial_pass_at_1").is_not_null())
+        best = trialed.sort("trial_pass_at_1", descending=True)["teacher"][0]
+        chosen = metrics.filter(pl.col("chosen"))["teacher"].to_list()
+        print(f"Trial distillation's best teacher: {best}; the ranking rule chose "
+              f"{', '.join(chosen)} ({'agrees' if best in chosen else 'disagrees'}; "
+              "proxy_agreement in teacher_selection's metadata says which proxies follow it)")
     print(f"\nfiltered_dataset: {dataset} training records under "
           f"{os.path.join(home, 'artifacts', 'filtered_dataset')}")
     checkpoint = store.read_table(DISTILLED_CHECKPOINT)

@@ -97,12 +97,31 @@ def dagster_instance(home: str) -> dg.DagsterInstance:
     dagster_home = os.environ.setdefault("DAGSTER_HOME", os.path.abspath(
         os.path.join(home, "dagster")))
     os.makedirs(dagster_home, exist_ok=True)
-    settings = os.path.join(dagster_home, "dagster.yaml")
-    if not os.path.exists(settings):
-        # No network here: no telemetry. Run monitoring lets the daemon (dagster dev) fail runs
-        # that exceed their dagster/max_runtime tag and detect runs whose process died.
-        with open(settings, "w") as handle:
-            handle.write("telemetry:\n  enabled: false\n"
-                         "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 300\n"
-                         "  poll_interval_seconds: 60\n")
+    write_instance_settings(os.path.join(dagster_home, "dagster.yaml"))
     return dg.DagsterInstance.get()
+
+
+def write_instance_settings(path: str) -> None:
+    """The dagster.yaml of a new instance; an older one of ours gains the settings it lacks.
+
+    No network here: no telemetry. No "Join the Dagster community" dialog (nux), which would
+    cover every page of the web UI until a first-time user clicks Skip. Run monitoring lets the
+    daemon (dagster dev) fail runs that exceed their dagster/max_runtime tag and detect runs
+    whose process died.
+    """
+    blocks = {"telemetry": "telemetry:\n  enabled: false\n",
+              "nux": "nux:\n  enabled: false\n",
+              "run_monitoring": "run_monitoring:\n  enabled: true\n  start_timeout_seconds: 300\n"
+                                "  poll_interval_seconds: 60\n"}
+    existing = ""
+    if os.path.exists(path):
+        with open(path) as handle:
+            existing = handle.read()
+    keys = {line.split(":", 1)[0] for line in existing.splitlines()
+            if line and not line[0].isspace() and not line.startswith("#")}
+    missing = [text for key, text in blocks.items() if key not in keys]
+    if missing:
+        with open(path, "a") as handle:
+            if existing and not existing.endswith("\n"):
+                handle.write("\n")
+            handle.write("".join(missing))
