@@ -4,6 +4,15 @@ Everything about an asset (deps, code version, partitions, pool, checks, descrip
 its Stage declaration in distill_dag/stages/__init__.py; the stage function does the work. This
 module only translates: StageContext in, StageOutput -> MaterializeResult out, DistillError ->
 dg.Failure (retried only when the error says a retry can help).
+
+One rerun mechanism: every step first records the observed inputs and asks the instance whether
+its asset (partition) is up to date, as `distill-dag materialize --stale` does. If it is (code
+version and every input's data version unchanged since its last materialization), the step does
+no work: it emits the last materialization again (same data version, metadata and check
+results, work counters 0), so downstream steps of the same run see unchanged inputs and skip
+too. A run launched from the web UI, a backfill, the schedule and the inbox sensor therefore
+recompute exactly what `--stale` recomputes. The run tag `distill_dag/force: true` runs the
+stage regardless (its memoized work is still reused).
 """
 
 
@@ -13,6 +22,13 @@ import dagster as dg
 
 from distill_dag.config import ProjectConfig
 from distill_dag.errors import DistillError
+from distill_dag.orchestration.dagster_internals import (
+    FRESH,
+    StaleResolver,
+    check_results_of_run,
+    step_asset_graph,
+)
+from distill_dag.orchestration.observations import record_observations
 from distill_dag.resources import ProjectResource, RuntimeResource, StoreResource
 from distill_dag.stage import (
     ERROR,
@@ -28,6 +44,8 @@ from distill_dag.stage import upstream as upstream_stages
 from distill_dag.stages import CORPUS_FILES, TEACHER_CONFIG
 
 WORK_PREFIX = "work/"
+FORCE_TAG = "distill_dag/force"
+UP_TO_DATE = "distill_dag/up_to_date"
 GROUP = "distill"
 _SOURCES = {CORPUS_FILES, TEACHER_CONFIG}
 
@@ -95,9 +113,75 @@ def stale_or_updated() -> dg.AutomationCondition:
     ).with_label("stale_or_updated")
 
 
+_GRAPHS: dict[str, object] = {}
+
+
+def _asset_graph(project: ProjectConfig, resources: dict):
+    """The asset graph of the project's definitions, for a step run in process (dg.materialize
+    gives a step only its own job's assets); built once per config."""
+    from distill_dag.assets import build_assets
+
+    key = project.fingerprint()
+    if key not in _GRAPHS:
+        _GRAPHS[key] = dg.Definitions(assets=build_assets(project),
+                                      resources=resources).resolve_asset_graph()
+    return _GRAPHS[key]
+
+
+def _nothing_now(value: dg.MetadataValue) -> dg.MetadataValue:
+    return dg.MetadataValue.bool(False) if isinstance(value.value, bool) \
+        else dg.MetadataValue.int(0)
+
+
+def replay_if_up_to_date(stage: Stage, context: dg.AssetExecutionContext,
+                         project: ProjectConfig, resources: dict
+                         ) -> dg.MaterializeResult | None:
+    """The last materialization again when the asset (partition) is up to date, else None."""
+    if context.run.tags.get(FORCE_TAG, "").lower() == "true":
+        return None
+    partition = context.partition_key if context.has_partition_key else None
+    instance, graph = context.instance, step_asset_graph(context) or _asset_graph(project,
+                                                                            resources)
+    if not graph.has(dg.AssetKey(stage.name)):  # a stage list other than the declared one
+        return None
+    record_observations(instance, graph, project)
+    resolver = StaleResolver(instance, graph)
+    if resolver.status(stage.name, partition) != FRESH:
+        return None
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(stage.name),
+                              asset_partitions=[partition] if partition else None), limit=1)
+    if not records.records:
+        return None
+    last_record = records.records[0]
+    last = last_record.asset_materialization
+    # What that materialization did is not what this step did: work counters and the stages'
+    # "..._now" figures (generated_now, trained_now, ...) say nothing was done now.
+    metadata = {k: _nothing_now(v) if k.startswith(WORK_PREFIX) or k.endswith("_now") else v
+                for k, v in last.metadata.items()}
+    metadata[UP_TO_DATE] = dg.MetadataValue.text(
+        "code version and inputs unchanged since the last materialization: not recomputed "
+        f"(run tag {FORCE_TAG}=true recomputes)")
+    checks = check_results_of_run(instance, stage.name, last_record.run_id,
+                                  [c.name for c in stage.checks])
+    if len(checks) != len(stage.checks):  # a check never finished: run the stage to evaluate it
+        return None
+    label = f"{stage.name}[{partition}]" if partition else stage.name
+    context.log.info(f"{label} is up to date (code version and inputs unchanged): nothing to "
+                     "recompute, its last materialization stands")
+    return dg.MaterializeResult(
+        metadata=metadata,
+        data_version=dg.DataVersion(resolver.data_version(stage.name, partition)),
+        check_results=checks)
+
+
 def run_stage(stage: Stage, context: dg.AssetExecutionContext, project: ProjectResource,
               store: StoreResource, runtime: RuntimeResource) -> dg.MaterializeResult:
     """The body of every stage asset."""
+    replayed = replay_if_up_to_date(stage, context, project.load(),
+                                    {"project": project, "store": store, "runtime": runtime})
+    if replayed is not None:
+        return replayed
     ctx = StageContext(project=project.load(), store=store.store(), home=Path(store.home),
                        device=runtime.device, dtype=runtime.dtype,
                        show_progress=runtime.show_progress,

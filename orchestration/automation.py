@@ -6,7 +6,8 @@
   queries are generated. If that backfill fails, the schedule picks the stale work up again.
 - `stale_backfill_schedule` records observations (config edits, file changes) and launches the
   earliest stale stage: the corpus, else every stale or missing teacher partition (generation
-  and scoring in one run each), else the stale tail. Both skip a tick while a run or backfill
+  and scoring in one run each), else the stale tail. A step in these runs whose asset is up to
+  date does no work (assets/stage_asset.py). Both skip a tick while a run or backfill
   either launched is unfinished, so ticks never pile up GPU runs.
 - `distill_automation` evaluates the assets' automation conditions: once upstream work lands,
   the downstream stages follow within a tick instead of waiting for the schedule.
@@ -74,8 +75,8 @@ def next_stale_requests(instance: dg.DagsterInstance, graph, tags: dict[str, str
             requests.append(dg.RunRequest(asset_selection=[dg.AssetKey(a) for a in assets],
                                           partition_key=p, tags=tags, run_key=f"{tick}:{p}"))
         return requests
-    # The tail runs in one run from the first stale asset on; its stages are memoized, so one
-    # whose inputs came out unchanged reuses its result.
+    # The tail runs in one run from the first stale asset on; a stage whose inputs came out
+    # unchanged finds itself up to date and does no work.
     tail = [a for a, _ in downstream_closure(graph, [i for i in items if i.asset == first])]
     return [dg.RunRequest(asset_selection=[dg.AssetKey(a) for a in tail], tags=tags)]
 

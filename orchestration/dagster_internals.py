@@ -21,9 +21,12 @@ from dagster._core.definitions.data_version import (
 )
 from dagster._core.definitions.events import AssetKeyPartitionKey
 from dagster._core.execution.backfill import BulkActionStatus
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.defs_state.base import set_defs_state_storage
 from dagster._time import get_current_datetime
+from dagster_shared.check import CheckError
 
+_FINISHED = {AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED}
 MISSING = "missing"
 STALE = "stale"
 FRESH = "fresh"
@@ -61,6 +64,37 @@ class StaleResolver:
     def data_version(self, asset: str, partition: str | None) -> str | None:
         """The current data version of an asset (partition), observed sources included."""
         return self._resolver.get_current_data_version(dg.AssetKey(asset), partition).value
+
+
+def step_asset_graph(context: dg.AssetExecutionContext):
+    """The code location's asset graph of a running step (a run the daemon or the web UI
+    launched), or None where the step has no repository (`dg.materialize` in process)."""
+    try:
+        return context.repository_def.asset_graph
+    except CheckError:  # "No repository definition was set on the step context"
+        return None
+
+
+def check_results_of_run(instance: dg.DagsterInstance, asset: str, run_id: str,
+                         names: Iterable[str]) -> list[dg.AssetCheckResult]:
+    """The evaluations of an asset's named checks made in one run (the run of the
+    materialization a step emits again when it finds its asset up to date), as results that
+    can be emitted again. Checks of a partitioned asset are not partitioned here, so they are
+    found by run, not by partition."""
+    results = []
+    for name in names:
+        key = dg.AssetCheckKey(dg.AssetKey(asset), name)
+        history = instance.event_log_storage.get_asset_check_execution_history(
+            key, limit=50, status=_FINISHED)
+        event = next((r.event for r in history if r.run_id == run_id and r.event), None)
+        evaluation = event.dagster_event.event_specific_data if event and event.dagster_event \
+            else None
+        if evaluation is None:
+            continue
+        results.append(dg.AssetCheckResult(
+            check_name=name, passed=evaluation.passed, severity=evaluation.severity,
+            description=evaluation.description, metadata=dict(evaluation.metadata)))
+    return results
 
 
 def observation(asset: str, partition: str | None, version: str) -> dg.AssetObservation:

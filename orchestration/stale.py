@@ -10,8 +10,10 @@ sensor:
 - Staleness is not transitive until an upstream asset re-runs. So `materialize_stale` goes stage
   by stage in DAG order, re-reading staleness after each one: a downstream stage runs only if an
   upstream re-run really changed its data version (content hashes, so a re-run that produced the
-  same data stops the cascade). The schedule and the sensor launch runs for the daemon instead
-  (see automation.py); the downstream stages in those runs are memoized.
+  same data stops the cascade). Runs that the web UI, a backfill, the schedule or the sensor
+  launch get the same answer step by step: each stage step makes this check itself before any
+  work (assets/stage_asset.py, replay_if_up_to_date), so they recompute exactly what
+  `--stale` recomputes.
 
 Dagster's stale-status resolver is not public API: it is reached through
 orchestration/dagster_internals.py, the one module that imports dagster._core. The order of the
@@ -28,16 +30,18 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from distill_dag.assets.stage_asset import WORK_PREFIX
-from distill_dag.config import ProjectConfig
 from distill_dag.orchestration.dagster_internals import (
     MISSING,
     STALE,
     StaleResolver,
     instance_scope,
-    observation,
+)
+from distill_dag.orchestration.observations import (  # noqa: F401 (re-exported)
+    current_observations,
+    record_observations,
 )
 from distill_dag.stage import Stage, in_order
-from distill_dag.stages import CORPUS_FILES, STAGES, TEACHER_CONFIG
+from distill_dag.stages import STAGES
 
 
 def stage_names(stages: Sequence[Stage] = STAGES) -> list[str]:
@@ -73,27 +77,6 @@ class StaleRun:
     work: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     results: list[dg.ExecuteInProcessResult] = field(default_factory=list)
-
-
-def current_observations(project: ProjectConfig) -> list[tuple[str, str | None, str]]:
-    """(source asset, partition, data version) of every observed input, from the config now."""
-    observed = [(CORPUS_FILES, None, project.corpus_sources_version())]
-    observed += [(TEACHER_CONFIG, t.name, project.teacher_version(t.name))
-                 for t in project.teachers]
-    return observed
-
-
-def record_observations(instance: dg.DagsterInstance, graph, project: ProjectConfig
-                        ) -> list[str]:
-    """Record an observation for each source whose content changed; describe each one."""
-    resolver = StaleResolver(instance, graph)
-    changed = []
-    for asset, partition, version in current_observations(project):
-        if resolver.data_version(asset, partition) == version:
-            continue
-        instance.report_runless_asset_event(observation(asset, partition, version))
-        changed.append(f"{asset}[{partition}]" if partition else asset)
-    return changed
 
 
 def _partitions(graph, asset: str) -> list[str | None]:
@@ -150,6 +133,19 @@ def work_done(results: list[dg.ExecuteInProcessResult]) -> dict[str, int]:
     for result in results:
         for event in result.get_asset_materialization_events():
             for name, value in event.materialization.metadata.items():
+                if name.startswith(WORK_PREFIX):
+                    short = name[len(WORK_PREFIX):]
+                    totals[short] = totals.get(short, 0) + int(value.value)
+    return totals
+
+
+def work_done_in_runs(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, int]:
+    """Sum of the work/... counters over the materializations of runs the daemon launched."""
+    totals: dict[str, int] = {}
+    for run_id in run_ids:
+        for entry in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+            metadata = entry.asset_materialization.metadata
+            for name, value in metadata.items():
                 if name.startswith(WORK_PREFIX):
                     short = name[len(WORK_PREFIX):]
                     totals[short] = totals.get(short, 0) + int(value.value)

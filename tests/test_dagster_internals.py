@@ -89,3 +89,33 @@ def test_instance_scope(graph_and_instance):
             dg.materialize(defs.assets[1:2], instance=instance)
         with internals.instance_scope(instance):
             assert dg.materialize(defs.assets[1:2], instance=instance).success
+
+
+def test_check_results_of_run():
+    @dg.asset(check_specs=[dg.AssetCheckSpec("positive", asset="checked")])
+    def checked():
+        return dg.MaterializeResult(check_results=[dg.AssetCheckResult(
+            passed=False, severity=dg.AssetCheckSeverity.WARN, description="why",
+            metadata={"n": 3})])
+
+    with dg.instance_for_test() as instance:
+        run_id = dg.materialize([checked], instance=instance).run_id
+        dg.materialize([checked], instance=instance)  # a later run: not the one asked for
+        [result] = internals.check_results_of_run(instance, "checked", run_id, ["positive"])
+        assert (result.check_name, result.passed, result.severity, result.description) == (
+            "positive", False, dg.AssetCheckSeverity.WARN, "why")
+        assert result.metadata["n"].value == 3
+        assert internals.check_results_of_run(instance, "checked", "no-such-run",
+                                              ["positive"]) == []
+
+
+def test_step_asset_graph():
+    seen = {}
+
+    @dg.asset
+    def probe(context):
+        seen["graph"] = internals.step_asset_graph(context)
+
+    with dg.instance_for_test() as instance:
+        dg.materialize([probe], instance=instance)  # in process: no repository on the step
+        assert seen["graph"] is None
