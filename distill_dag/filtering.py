@@ -15,6 +15,7 @@ kept in their own table (negatives for a later contrastive stage such as REDI).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -45,6 +46,8 @@ class FilterConfig(Config):
 
     WHERE: ClassVar[str] = "filtering"
     RENAMED_KEYS: ClassVar[Mapping[str, str]] = MappingProxyType({"selection": "best_of_n"})
+    # Added after stores existed: left out of the section hash while it keeps its default.
+    HASHED_WHEN_SET: ClassVar[tuple[str, ...]] = ("license",)
 
     best_of_n: str = setting(
         "teacher_count", "How the responses of one query are ranked (best first): "
@@ -82,6 +85,11 @@ class FilterConfig(Config):
         0.8, "filtered_dataset's removal_share check warns when the difficulty band or the "
         "concise filter removes more than this share of what it was given, in [0, 1]. Changes "
         "the check, not the dataset.", output=False)
+    license: str = setting(
+        "other", "The licence declared in filtered_dataset's dataset card (hf/README.md): a "
+        "Hub licence id such as apache-2.0 or cc-by-4.0. other: none declared (the card says "
+        "the teachers' and the corpus's terms apply). Changes the card, not the dataset.",
+        output=False)
 
     def __post_init__(self) -> None:
         if self.best_of_n not in BEST_OF_N_RULES:
@@ -106,6 +114,9 @@ class FilterConfig(Config):
                               f"{self.diversity!r}")
         _check_number("min_diversity_distance", self.min_diversity_distance, 0.0, 2.0)
         _check_number("warn_removed_share", self.warn_removed_share, 0.0, 1.0)
+        if not isinstance(self.license, str) or not re.fullmatch(r"[\w.+-]+", self.license):
+            raise ConfigError("filtering.license must be a licence id such as apache-2.0 or "
+                              f"other, got {self.license!r}")
         if self.diversity != "none" and self.per_query < 2:
             raise ConfigError(f"filtering.diversity {self.diversity!r} chooses among the "
                               "responses kept per query: set per_query >= 2")

@@ -15,7 +15,12 @@ from distill_dag.corpus.curate import (
     build_corpus,
 )
 from distill_dag.corpus.generator import few_shot_exemplars, generate_word_problems
-from distill_dag.corpus.loaders import LoadResult, load_file, parse_reference_answer
+from distill_dag.corpus.loaders import (
+    CorpusSourceError,
+    LoadResult,
+    load_file,
+    parse_reference_answer,
+)
 from distill_dag.corpus.steps import STEPS, CurationStep, Removal, StepResult
 from distill_dag.corpus.text import clean_prompt, dedup_key, make_query_id, normalize_text
 
@@ -26,6 +31,7 @@ __all__ = [
     "ConfigError",
     "CorpusConfig",
     "CorpusResult",
+    "CorpusSourceError",
     "CurationStep",
     "EmptyCorpusError",
     "FileSource",

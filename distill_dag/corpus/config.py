@@ -24,7 +24,7 @@ from distill_dag.configbase import (
     setting,
 )
 
-FORMATS = ("auto", "jsonl", "parquet", "csv")
+FORMATS = ("auto", "jsonl", "parquet", "csv", "datasets")
 # .json is read as JSON lines: one object per line, like .jsonl.
 EXTENSION_FORMATS = {
     ".jsonl": "jsonl",
@@ -34,6 +34,10 @@ EXTENSION_FORMATS = {
     ".pq": "parquet",
     ".csv": "csv",
 }
+# A Hugging Face `datasets` folder (Dataset.save_to_disk / DatasetDict.save_to_disk) holds one
+# of these: dataset_dict.json (a DatasetDict), or dataset_info.json and state.json (a Dataset).
+DATASET_DICT_FILE = "dataset_dict.json"
+DATASET_FILES = ("dataset_info.json", "state.json")
 ANSWER_FORMATS = ("plain", "gsm8k")
 SPLITS = ("train", "eval")
 REQUIRED_FIELDS = ("prompt", "reference_answer")
@@ -52,6 +56,16 @@ ANSWER_CHECKS = ("verifiable", "present")
 _S = TypeVar("_S", bound="CorpusSection")
 # "FileSource." at the start of a message from __post_init__: replaced by the config path.
 _OWNER = re.compile(r"[A-Z][A-Za-z]*\.(?=[a-z])")
+
+
+def datasets_folder_kind(path: str | Path) -> str | None:
+    """"dict" for a saved DatasetDict, "dataset" for a saved Dataset, None for anything else."""
+    path = Path(path)
+    if (path / DATASET_DICT_FILE).is_file():
+        return "dict"
+    if all((path / name).is_file() for name in DATASET_FILES):
+        return "dataset"
+    return None
 
 
 class CorpusSection(Config):
@@ -127,10 +141,11 @@ class FileSource(CorpusSection):
 
     WHERE: ClassVar[str] = "file"
 
-    path: str = setting(doc="Path to a .jsonl/.json (JSON lines), .parquet or .csv file; "
-                        "relative paths are relative to the config file.")
-    format: str = setting("auto", "One of auto, jsonl, parquet, csv; auto picks by file "
-                          "extension.")
+    path: str = setting(doc="Path to a .jsonl/.json (JSON lines), .parquet or .csv file, or a "
+                        "Hugging Face datasets folder (what Dataset/DatasetDict.save_to_disk "
+                        "writes); relative paths are relative to the config file.")
+    format: str = setting("auto", "One of auto, jsonl, parquet, csv, datasets; auto picks by "
+                          "file extension, and datasets for an existing folder.")
     fields: dict[str, str | None] = setting(
         factory=dict, doc="Our field name -> the file's column. Keys: prompt, reference_answer "
         "(required, default to the same names), id, domain, split, difficulty (optional, "
@@ -152,10 +167,12 @@ class FileSource(CorpusSection):
         if not isinstance(self.path, str) or not self.path.strip():
             raise ConfigError(f"{owner}.path: expected a non-empty path, got {self.path!r}")
         _check_choice(f"{owner}.format", self.format, FORMATS)
-        if self.format == "auto" and Path(self.path).suffix.lower() not in EXTENSION_FORMATS:
+        if (self.format == "auto" and Path(self.path).suffix.lower() not in EXTENSION_FORMATS
+                and not Path(self.path).is_dir()):
             raise ConfigError(
                 f"{owner}.format: cannot infer the format of '{self.path}' from its extension; "
-                f"use one of {sorted(EXTENSION_FORMATS)} or set format to jsonl, parquet or csv")
+                f"use one of {sorted(EXTENSION_FORMATS)}, a datasets folder, or set format to "
+                "jsonl, parquet, csv or datasets")
         self.fields = self._merge_fields(self.fields)
         _check_choice(f"{owner}.answer_format", self.answer_format, ANSWER_FORMATS)
         if self.split is not None and self.split not in SPLITS:
@@ -194,15 +211,17 @@ class FileSource(CorpusSection):
 
     @property
     def resolved_format(self) -> str:
-        """The concrete format: `format`, or the one implied by the extension when auto."""
+        """The concrete format: `format`, or the one implied by the extension when auto (a
+        path without a known extension passed validation as a folder: datasets)."""
         if self.format != "auto":
             return self.format
-        return EXTENSION_FORMATS[Path(self.path).suffix.lower()]
+        return EXTENSION_FORMATS.get(Path(self.path).suffix.lower(), "datasets")
 
 
 @dataclass
 class InboxConfig(CorpusSection):
-    """A folder watched for new query files: every supported file in it is a corpus source.
+    """A folder watched for new query files: every supported file in it is a corpus source, and
+    so is every Hugging Face datasets folder in it (save_to_disk's folder, moved in whole).
 
     Dropping a file in starts only the new queries' work (the inbox sensor notices it); a file
     removed after it was ingested keeps its queries, with a warning."""
@@ -227,20 +246,27 @@ class InboxConfig(CorpusSection):
         # Validate the per-file settings once, through the same rules as files[].
         self.source_for(Path(self.folder) / "probe.jsonl")
 
-    def source_for(self, path: Path) -> FileSource:
-        """The FileSource that reads one inbox file."""
-        return FileSource(path=str(path), fields=dict(self.fields),
+    def source_for(self, path: Path, file_format: str = "auto") -> FileSource:
+        """The FileSource that reads one inbox file (or datasets folder: format datasets)."""
+        return FileSource(path=str(path), format=file_format, fields=dict(self.fields),
                           answer_format=self.answer_format, split=self.split, domain=self.domain,
                           encoding=self.encoding)
 
     def sources(self) -> list[FileSource]:
-        """The supported files now in the folder, by name (an absent folder has none)."""
+        """The supported files and datasets folders now in the folder, by name (an absent
+        folder has none)."""
         folder = Path(self.folder)
         if not folder.is_dir():
             return []
-        return [self.source_for(p) for p in sorted(folder.iterdir())
-                if p.is_file() and not p.name.startswith(".")
-                and p.suffix.lower() in EXTENSION_FORMATS]
+        found = []
+        for p in sorted(folder.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if p.is_file() and p.suffix.lower() in EXTENSION_FORMATS:
+                found.append(self.source_for(p))
+            elif p.is_dir() and datasets_folder_kind(p) is not None:
+                found.append(self.source_for(p, "datasets"))
+        return found
 
 
 @dataclass
@@ -253,7 +279,8 @@ class CorpusConfig(CorpusSection):
         None, "Embedded word-problem generator; None uses the default GeneratorConfig() only "
         "when no files (and no inbox) are given. Combine with files to add both.")
     files: list[FileSource] = setting(
-        factory=list, doc="Input files, read in order (first copy wins dedup).")
+        factory=list, doc="Input files and datasets folders, read in order (first copy wins "
+        "dedup).")
     inbox: InboxConfig | None = setting(
         None, "A folder of query files read after `files` (see InboxConfig); the inbox sensor "
         "watches it. None: no inbox.")
@@ -393,5 +420,5 @@ class CorpusConfig(CorpusSection):
         return None if self.files or self.inbox else GeneratorConfig()
 
     def all_sources(self) -> list[FileSource]:
-        """The configured files, then the files now in the inbox."""
+        """The configured files, then the files (and datasets folders) now in the inbox."""
         return [*self.files, *(self.inbox.sources() if self.inbox else [])]

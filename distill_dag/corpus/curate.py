@@ -7,6 +7,7 @@ the quarantine table, the counts, timings and rows in and out of each step.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ import polars as pl
 
 from distill_dag.corpus.config import CorpusConfig
 from distill_dag.corpus.generator import generate_word_problems
-from distill_dag.corpus.loaders import load_file, quarantine_record
+from distill_dag.corpus.loaders import load_file, quarantine_record, source_present
 from distill_dag.corpus.semantic import QueryVectors
 from distill_dag.corpus.steps import STEPS, CurationStep, Removal
 from distill_dag.errors import DistillError
@@ -104,13 +105,20 @@ def _empty_message(stats: dict[str, int], quarantine: list[dict]) -> str:
 
 def _carried_rows(previous: pl.DataFrame | None, source_file: str) -> list[dict]:
     """The rows a previous build ingested from `source_file` (matched by path, else by file
-    name, so a moved project folder still finds them), ready to curate again."""
+    name, so a moved project folder still finds them), ready to curate again. A datasets
+    folder's rows include those of its splits (source_file `<folder>/<split>`)."""
     if previous is None or previous.is_empty():
         return []
-    rows = previous.filter(pl.col("source_file") == source_file)
+    column = pl.col("source_file")
+    rows = previous.filter((column == source_file)
+                           | column.str.starts_with(source_file.rstrip("/\\") + os.sep))
     if rows.is_empty():
         name = Path(source_file).name
-        rows = previous.filter(pl.col("source_file").str.extract(r"([^/\\]+)$") == name)
+        match = column.str.extract(r"([^/\\]+)$") == name
+        if "source" in previous.columns:  # a split of a datasets folder of that name
+            match = match | ((column.str.extract(r"([^/\\]+)[/\\][^/\\]+$") == name)
+                             & (pl.col("source") == name))
+        rows = previous.filter(match)
     # A carried row keeps the split it had (the split it was trained or evaluated in must not
     # change because its file is gone) and where that split came from (tables written before
     # split_origin existed: treated as hashed).
@@ -122,11 +130,12 @@ def _load_sources(cfg: CorpusConfig, previous: pl.DataFrame | None, rows: list[d
                   setaside: list[dict], stats: Counter, warnings: list[str]) -> None:
     """Read every source. A file that disappeared after it was ingested keeps its queries."""
     for source in cfg.all_sources():
-        if not Path(source.path).is_file():
+        if not source_present(source):
             carried = _carried_rows(previous, str(Path(source.path)))
             if not carried:
                 load_file(source)  # raises FileNotFoundError naming the file
-            warnings.append(f"corpus file {source.path} is gone; its {len(carried)} queries "
+            what = "datasets folder" if source.resolved_format == "datasets" else "file"
+            warnings.append(f"corpus {what} {source.path} is gone; its {len(carried)} queries "
                             "ingested earlier are kept")
             rows.extend(carried)
             stats["rows_carried"] += len(carried)
@@ -140,15 +149,24 @@ def _load_sources(cfg: CorpusConfig, previous: pl.DataFrame | None, rows: list[d
     # Inbox files are listed from the folder, so a removed one is simply not listed.
     listed = {Path(s.path).name for s in cfg.inbox.sources()}
     folder = Path(cfg.inbox.folder)
-    ingested = previous.filter(pl.col("source_file").is_not_null())["source_file"].unique()
-    for name in sorted(ingested):
+    ingested = previous.filter(pl.col("source_file").is_not_null())
+    origin = (dict(zip(ingested["source_file"], ingested["source"], strict=True))
+              if "source" in ingested.columns else {})
+    gone: dict[str, str] = {}  # what is gone -> what it was, in order
+    for name in sorted(ingested["source_file"].unique()):
         # Matched by folder name too, so a moved project folder still finds its inbox rows.
-        if Path(name).parent.name == folder.name and Path(name).name not in listed:
-            carried = _carried_rows(previous, name)
-            warnings.append(f"inbox file {name} is gone; its {len(carried)} queries ingested "
-                            "earlier are kept")
-            rows.extend(carried)
-            stats["rows_carried"] += len(carried)
+        path = Path(name)
+        if path.parent.name == folder.name and path.name not in listed:
+            gone.setdefault(name, "file")
+        elif (path.parent.parent.name == folder.name and path.parent.name not in listed
+              and origin.get(name) == path.parent.name):  # a split of a DatasetDict folder
+            gone.setdefault(str(path.parent), "datasets folder")
+    for name, what in gone.items():
+        carried = _carried_rows(previous, name)
+        warnings.append(f"inbox {what} {name} is gone; its {len(carried)} queries ingested "
+                        "earlier are kept")
+        rows.extend(carried)
+        stats["rows_carried"] += len(carried)
 
 
 def _load(cfg: CorpusConfig, previous: pl.DataFrame | None, stats: Counter,

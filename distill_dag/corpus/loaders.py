@@ -1,4 +1,5 @@
-"""Read JSONL / Parquet / CSV query files into schema rows, quarantining bad input row by row."""
+"""Read JSONL / Parquet / CSV query files and Hugging Face datasets folders into schema rows,
+quarantining bad input row by row."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from typing import Any
 
 import polars as pl
 
-from distill_dag.corpus.config import FileSource
+from distill_dag.corpus.config import (
+    DATASET_DICT_FILE,
+    DATASET_FILES,
+    FileSource,
+    datasets_folder_kind,
+)
+from distill_dag.errors import DistillError
 
 RAW_LIMIT = 500
 # Split column values people use for held-out data; all map to our "eval".
@@ -24,6 +31,11 @@ SPLIT_ALIASES = {
     "eval": "eval", "test": "eval", "validation": "eval", "valid": "eval", "dev": "eval",
 }  # fmt: skip
 _DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d)")
+
+
+class CorpusSourceError(DistillError, ValueError):
+    """A corpus source that cannot be read as configured: a folder that is not a datasets
+    folder, or a mapped column the dataset does not have (the message names both)."""
 
 
 @dataclass
@@ -83,17 +95,24 @@ def parse_reference_answer(value: Any, answer_format: str) -> tuple[str | None, 
 
 
 class _RowChecker:
-    """Validates one record against a FileSource's field mapping; appends a row or a record."""
+    """Validates one record against a FileSource's field mapping; appends a row or a record.
 
-    def __init__(self, source: FileSource, result: LoadResult) -> None:
+    `source_file`: where the rows come from when not the source's path (a DatasetDict's split
+    folder). `default_split`: the split of rows the source gives none (neither a forced split
+    nor a mapped split column): a DatasetDict's split name."""
+
+    def __init__(self, source: FileSource, result: LoadResult, source_file: Path | None = None,
+                 default_split: str | None = None) -> None:
         self.source = source
         self.result = result
         self.path = Path(source.path)
+        self.file = source_file or self.path
+        self.default_split = default_split
         self.seen_ids: dict[str, int | None] = {}
 
     def quarantine(self, line: int | None, field_name: str | None, reason: str, raw: Any) -> None:
         self.result.quarantine.append(
-            quarantine_record(str(self.path), line, field_name, reason, raw)
+            quarantine_record(str(self.file), line, field_name, reason, raw)
         )
 
     def _optional_text(self, record: Mapping, key: str) -> tuple[str | None, str | None]:
@@ -142,6 +161,8 @@ class _RowChecker:
                     f"unknown split '{values['split']}' (expected one of {sorted(SPLIT_ALIASES)})"
                 )
                 return self.quarantine(line, fields["split"], reason, raw)
+        if split is None and fields["split"] is None:
+            split = self.default_split
         difficulty = self._difficulty(record)
         if isinstance(difficulty, str):
             return self.quarantine(line, fields["difficulty"], difficulty, raw)
@@ -160,7 +181,7 @@ class _RowChecker:
             "reference_answer": answer,
             "domain": values["domain"] or self.source.domain,
             "source": self.path.name,
-            "source_file": str(self.path),
+            "source_file": str(self.file),
             "source_line": line,
         }
         if source_id is not None:
@@ -297,10 +318,69 @@ def _load_parquet(source: FileSource, checker: _RowChecker, result: LoadResult) 
 
 
 _LOADERS = {"jsonl": _load_jsonl, "csv": _load_csv, "parquet": _load_parquet}
+_READ_BATCH = 1000
+
+
+def _missing_columns(source: FileSource, where: Path, columns: list[str]) -> None:
+    """A datasets folder has a schema: a mapped column it lacks is a mapping mistake, an error
+    naming the folder, the column and the field, not one quarantined row per row."""
+    for key, column in source.fields.items():
+        if column is not None and column not in columns:
+            raise CorpusSourceError(
+                f"corpus datasets folder {where}: no column '{column}' (mapped to {key} by "
+                f"fields); its columns: {', '.join(columns)}")
+
+
+def _load_datasets(source: FileSource) -> LoadResult:
+    """Every row of a saved Dataset, or of each split of a saved DatasetDict (in its order).
+
+    A DatasetDict's rows come from `<folder>/<split>` (their source_file; line: the 1-based
+    row in that split), and a split named train/test/validation/eval/... (SPLIT_ALIASES) puts
+    its rows in our train or eval split when the source has no `split` setting or column."""
+    folder = Path(source.path)
+    if not folder.exists():
+        raise FileNotFoundError(f"corpus datasets folder not found: {folder}")
+    kind = datasets_folder_kind(folder)
+    if kind is None:
+        what = ("is a file" if not folder.is_dir() else f"has neither {DATASET_DICT_FILE} (a "
+                f"DatasetDict) nor {' and '.join(DATASET_FILES)} (a Dataset)")
+        raise CorpusSourceError(f"corpus datasets folder {folder} is not a Hugging Face "
+                                f"datasets folder (what save_to_disk writes): it {what}")
+    import datasets
+
+    result = LoadResult()
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        reason = f"unreadable datasets folder: {_preview(e, 300)}"
+        _RowChecker(source, result).quarantine(None, None, reason, None)
+        return result
+    if isinstance(loaded, datasets.DatasetDict):
+        parts = [(folder / name, SPLIT_ALIASES.get(name.lower()), data)
+                 for name, data in loaded.items()]
+    else:
+        parts = [(folder, None, loaded)]
+    for where, _, data in parts:
+        _missing_columns(source, where, list(data.column_names))
+    for where, split, data in parts:
+        # Ids must be unique within a split; splits often number their rows from 0 each.
+        checker = _RowChecker(source, result, where, split)
+        line = 0
+        for batch in data.with_format("arrow").iter(batch_size=_READ_BATCH):
+            for record in batch.to_pylist():
+                line += 1
+                result.rows_read += 1
+                raw = json.dumps(record, ensure_ascii=False, default=str)
+                checker.check(record, line, raw)
+    return result
 
 
 def load_file(source: FileSource) -> LoadResult:
-    """Load one file. Raises FileNotFoundError if it is absent; bad rows never raise."""
+    """Load one file or datasets folder. Raises FileNotFoundError if it is absent, and
+    CorpusSourceError for a folder that is not a datasets folder or lacks a mapped column; bad
+    rows never raise."""
+    if source.resolved_format == "datasets":
+        return _load_datasets(source)
     path = Path(source.path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "not found"
@@ -332,7 +412,33 @@ def file_digest(path: str | Path) -> str:
     return _DIGESTS[key]
 
 
+def folder_digest(path: str | Path) -> str:
+    """sha256 of a datasets folder's content: the relative path and digest of each of its
+    .arrow and .json files (the cache-*.arrow files `map` leaves beside the data excluded);
+    a path that is not a folder: file_digest ("missing" when absent)."""
+    path = Path(path)
+    if not path.is_dir():
+        return file_digest(path)
+    parts = sorted((p.relative_to(path).as_posix(), file_digest(p)) for p in path.rglob("*")
+                   if p.suffix in (".arrow", ".json") and not p.name.startswith("cache-")
+                   and p.is_file())
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def source_digest(source: FileSource) -> str:
+    """The content digest of a source: a file's bytes, or a datasets folder's files."""
+    if source.resolved_format == "datasets":
+        return folder_digest(source.path)
+    return file_digest(source.path)
+
+
+def source_present(source: FileSource) -> bool:
+    """Whether a source is there to read: a file, or a folder for a datasets source."""
+    path = Path(source.path)
+    return path.is_dir() if source.resolved_format == "datasets" else path.is_file()
+
+
 def sources_fingerprint(sources: list[FileSource]) -> list[tuple[str, str]]:
     """(file name, content digest or "missing") of each source, in order. Names, not paths:
     moving the project folder changes no content."""
-    return [(Path(s.path).name, file_digest(s.path)) for s in sources]
+    return [(Path(s.path).name, source_digest(s)) for s in sources]

@@ -5,20 +5,32 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from distill_dag import tables
+from distill_dag.cards import dataset_card
 from distill_dag.config import ProjectConfig
 from distill_dag.difficulty import student_pass_rates
 from distill_dag.errors import DistillError, StageError
 from distill_dag.filtering import dataset_jsonl, filter_dataset
-from distill_dag.models import load_model
+from distill_dag.models import load_model, model_access
 from distill_dag.stage import Check, PathValue, StageContext, StageOutput, preview
 from distill_dag.stage import removal_share_check as share_check
+from distill_dag.stages.query_corpus import corpus_version
 from distill_dag.store import Store
 from distill_dag.training.data import TrainingDataError, check_record
+
+if TYPE_CHECKING:
+    from huggingface_hub import DatasetCard
+
+# The Hugging Face export's first columns (the chat records and their keys); the table's other
+# columns follow in its order.
+HF_FIRST_COLUMNS = ("messages", "query_id", "teacher", "request_key")
 
 
 def write_exports(frame: pl.DataFrame, root: str | Path) -> tuple[str, str]:
@@ -40,6 +52,70 @@ def write_exports(frame: pl.DataFrame, root: str | Path) -> tuple[str, str]:
     else:
         os.replace(tmp, final)
     return os.path.join(final, "train.jsonl"), digest
+
+
+@contextmanager
+def _datasets_progress(show: bool) -> Iterator[None]:
+    """datasets' progress bars on or off (they are global) for the duration."""
+    import datasets
+
+    was_on = datasets.is_progress_bar_enabled()
+    if was_on and not show:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_on and not show:
+            datasets.enable_progress_bars()
+
+
+def write_hf_dataset(frame: pl.DataFrame, folder: str | Path, card: DatasetCard,
+                     show_progress: bool = False) -> Path:
+    """Write `frame` as a Hugging Face DatasetDict({"train": ...}) folder (save_to_disk; read it
+    with datasets.load_from_disk) with `card` as its README.md, replacing `folder`.
+
+    The whole folder is written under a temporary name beside it and renamed into place, so a
+    reader finds the old folder or the new one, never a half-written one."""
+    import datasets
+
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    first = [c for c in HF_FIRST_COLUMNS if c in frame.columns]
+    ordered = frame.select([*first, *(c for c in frame.columns if c not in first)])
+    with _datasets_progress(show_progress):
+        train = datasets.Dataset.from_polars(ordered)
+        # An empty table needs one (empty) shard named, or load_from_disk finds no data file.
+        shards = {"train": 1} if frame.height == 0 else None
+        datasets.DatasetDict({"train": train}).save_to_disk(str(tmp), num_shards=shards)
+    card.save(str(tmp / "README.md"))
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def filtered_dataset_card(cfg: ProjectConfig, data: pl.DataFrame, chosen: list[str],
+                          removed: dict[str, int], queries: pl.DataFrame,
+                          data_version: str) -> DatasetCard:
+    """filtered_dataset's dataset card: the chosen teachers, the filter settings and what each
+    filter removed, records per teacher, the corpus and data versions, filtering.license."""
+    counts = (dict(data.group_by("teacher").len().sort("teacher").iter_rows())
+              if data.height else {})
+    settings: dict[str, Any] = {}
+    for key, value in cfg.filtering.output_settings().items():
+        if isinstance(value, dict):  # a nested section (difficulty): its keys, dotted
+            settings.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            settings[key] = value
+    return dataset_card(
+        teachers=chosen, records_per_teacher=counts, removed=removed, filters=settings,
+        corpus_version=corpus_version(queries), data_version=data_version,
+        license=cfg.filtering.license,
+        queries=data["query_id"].n_unique() if data.height else 0, columns=data.columns)
 
 
 def template_problems(tokenizer, records: list[list[dict]]) -> list[str]:
@@ -123,9 +199,14 @@ def run(ctx: StageContext) -> StageOutput:
     db.write_table(tables.FILTERED_DATASET, data)
     db.write_table(tables.NEGATIVES, result.negatives)
     jsonl, digest = write_exports(data, ctx.artifact_dir("filtered_dataset"))
+    # The same records as a datasets folder with its card, beside the exports (the card is not
+    # part of the data version: its licence and counts can change without the records).
+    card = filtered_dataset_card(cfg, data, chosen, result.removed, queries, digest[:16])
+    hf = write_hf_dataset(data, Path(jsonl).parent / "hf", card, ctx.show_progress)
     eval_ids = queries.filter(pl.col("split") == "eval")["query_id"]
     leaked = int(data["query_id"].is_in(eval_ids.implode()).sum()) if data.height else 0
-    tokenizer = load_model(cfg.student.model, ctx.device, ctx.dtype).tokenizer
+    tokenizer = load_model(cfg.student.model, ctx.device, ctx.dtype,
+                           **model_access(cfg.student)).tokenizer
     problems = template_problems(tokenizer, data["messages"].to_list())
     return StageOutput(
         row_count=data.height,
@@ -143,6 +224,7 @@ def run(ctx: StageContext) -> StageOutput:
             **difficulty_meta,
             "jsonl_path": PathValue(jsonl),
             "jsonl_sha256": digest,
+            "hf_dataset_path": PathValue(str(hf)),
             "preview": preview(data, ["query_id", "teacher", "n_teacher", "response"]),
         },
         data_version=digest[:16],

@@ -7,7 +7,7 @@ import time
 import polars as pl
 
 from distill_dag import tables
-from distill_dag.corpus import EmptyCorpusError, build_corpus
+from distill_dag.corpus import CorpusSourceError, EmptyCorpusError, build_corpus
 from distill_dag.corpus.checks import duplicate_rate, eval_leaks, removal_examples, removal_shares
 from distill_dag.errors import StageError
 from distill_dag.stage import (
@@ -21,6 +21,14 @@ from distill_dag.stage import (
     removal_share_check,
 )
 
+# The columns query_corpus's data version hashes.
+VERSION_COLUMNS = ["query_id", "prompt", "split", "reference_answer", "domain", "source"]
+
+
+def corpus_version(queries: pl.DataFrame) -> str:
+    """query_corpus's data version of a query table (e.g. for the dataset card downstream)."""
+    return content_version(queries, VERSION_COLUMNS)
+
 
 def run(ctx: StageContext) -> StageOutput:
     cfg = ctx.project
@@ -29,7 +37,7 @@ def run(ctx: StageContext) -> StageOutput:
     previous = db.read_table(tables.QUERIES) if db.table_exists(tables.QUERIES) else None
     try:
         result = build_corpus(cfg.corpus, previous)
-    except (EmptyCorpusError, FileNotFoundError) as exc:
+    except (EmptyCorpusError, FileNotFoundError, CorpusSourceError) as exc:
         raise StageError(f"query_corpus: {exc}") from exc
     for warning in result.warnings:
         ctx.log.warning(warning)
@@ -70,8 +78,7 @@ def run(ctx: StageContext) -> StageOutput:
                           for r in reasons.head(10).iter_rows(named=True))
                 if reasons is not None else "none"),
         },
-        data_version=content_version(queries, ["query_id", "prompt", "split",
-                                               "reference_answer", "domain", "source"]),
+        data_version=corpus_version(queries),
         checks=[
             Check("no_eval_leakage", passed=not leaks,
                   metadata={"leaked_queries": len(leaks),
