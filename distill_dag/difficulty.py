@@ -71,7 +71,9 @@ class DifficultyConfig(Config):
                                   max_new_tokens=self.max_new_tokens,
                                   num_samples=self.num_samples, seed=self.seed)
         return GenerationSpec(model=student.model, prompt=student.prompt, sampling=sampling,
-                              batch_size=self.batch_size)
+                              batch_size=self.batch_size,
+                              trust_remote_code=student.trust_remote_code,
+                              allow_pickle_weights=student.allow_pickle_weights)
 
 
 @dataclass

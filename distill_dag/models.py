@@ -17,6 +17,13 @@ need the same model at the same time convert it once and never see a half-writte
 
 Every resolved model carries a ``fingerprint``: a short hash of what determines its weights. The
 generation cache keys requests by it, so replacing a model's weights invalidates its samples.
+
+Safe by default (docs/security.md): every load reads safetensors only and runs no code shipped
+in a model folder. A folder holding only pickle weights (``*.bin``, ``*.pt``, ``*.pth``,
+``*.ckpt``) fails to resolve unless the config that names the model sets
+``allow_pickle_weights: true``; ``trust_remote_code: true`` on a teacher or the student is the
+only way its code runs. Both reach here as keyword arguments (``model_access`` reads them off
+the config that owns the model) and never change a fingerprint.
 """
 
 from __future__ import annotations
@@ -48,6 +55,64 @@ PACKAGED_MODELS: dict[str, tuple[str, str, str | None]] = {
 
 class ModelResolutionError(DistillError, ValueError):
     """A model reference that does not resolve to weights on this machine."""
+
+
+# Weight files that are Python pickles: loading one can run code. A folder with these and no
+# *.safetensors loads only with allow_pickle_weights.
+PICKLE_WEIGHT_GLOBS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def model_access(owner: Any) -> dict[str, bool]:
+    """The load permissions of the config that owns a model (a teacher, the student, a
+    generation spec): ``trust_remote_code`` and ``allow_pickle_weights``, each True only where
+    that config sets it to true; False for anything that has no such settings (None included).
+    Spread into load_model, train_student or evaluate_model: ``load_model(m, **model_access(t))``
+    (resolve_model takes allow_pickle_weights only)."""
+    return {"trust_remote_code": getattr(owner, "trust_remote_code", False) is True,
+            "allow_pickle_weights": getattr(owner, "allow_pickle_weights", False) is True}
+
+
+def tokenizer_kwargs(trust_remote_code: bool = False) -> dict[str, Any]:
+    """What every ``AutoTokenizer.from_pretrained`` of a model folder takes here."""
+    return {"trust_remote_code": trust_remote_code is True}
+
+
+def weights_kwargs(trust_remote_code: bool = False,
+                   allow_pickle_weights: bool = False) -> dict[str, Any]:
+    """What every ``AutoModelForCausalLM.from_pretrained`` of a model folder takes here:
+    safetensors only (``use_safetensors=True``) unless pickle weights are allowed, then
+    transformers' own choice (safetensors where there are some, else the pickles, read with
+    torch's restricted ``weights_only`` unpickler)."""
+    kwargs = tokenizer_kwargs(trust_remote_code)
+    if allow_pickle_weights is not True:
+        kwargs["use_safetensors"] = True
+    return kwargs
+
+
+def pickle_only_weights(folder: Path) -> list[Path]:
+    """The pickle weight files of a folder that has no ``*.safetensors`` ([] where it has
+    safetensors, or no pickles)."""
+    if any(folder.glob("*.safetensors")):
+        return []
+    return sorted({p for pattern in PICKLE_WEIGHT_GLOBS for p in folder.glob(pattern)
+                   if p.is_file()})
+
+
+def check_weight_format(folder: Path, reference: str, allow_pickle_weights: bool = False) -> None:
+    """A ModelResolutionError naming the folder and the setting that allows it, when the
+    folder's only weights are pickles and the config did not allow them."""
+    if allow_pickle_weights is True:
+        return
+    pickles = pickle_only_weights(folder)
+    if pickles:
+        names = ", ".join(p.name for p in pickles[:4]) + (", ..." if len(pickles) > 4 else "")
+        raise ModelResolutionError(
+            f"model reference {reference!r}: the folder {folder} holds only pickle weights "
+            f"({names}) and no *.safetensors. Loading a pickle can run code, so distill-dag "
+            "reads safetensors only. Convert the weights (load the folder once where you trust "
+            "it and save_pretrained it: transformers writes safetensors), or, if you trust this "
+            "folder, set allow_pickle_weights: true on the teacher or the student that names "
+            "this model")
 
 
 @dataclass(frozen=True)
@@ -172,8 +237,10 @@ def _convert_gguf(gguf: Path, identity: str) -> Path:
     return target
 
 
-def resolve_model(reference: str) -> ResolvedModel:
-    """Turn a model reference into a Hugging Face folder on disk (converting a GGUF once)."""
+def resolve_model(reference: str, *, allow_pickle_weights: bool = False) -> ResolvedModel:
+    """Turn a model reference into a Hugging Face folder on disk (converting a GGUF once).
+    A local folder whose only weights are pickles fails unless `allow_pickle_weights` (the
+    owning config's setting: see model_access)."""
     if not isinstance(reference, str) or not reference.strip():
         raise ModelResolutionError(f"model reference must be a non-empty string, got {reference!r}")
     reference = reference.strip()
@@ -202,6 +269,7 @@ def resolve_model(reference: str) -> ResolvedModel:
             fingerprint = hashlib.sha256(identity.encode()).hexdigest()[:16]
         elif path.is_dir() and (path / "config.json").exists():
             folder = path
+            check_weight_format(folder, reference, allow_pickle_weights)
             fingerprint = hf_folder_fingerprint(path)
         else:
             raise ModelResolutionError(
@@ -257,16 +325,22 @@ class LoadedModel:
     """A model's tokenizer and identity now; its weights on first use of ``.model``.
 
     A rerun whose work is all in the store renders prompts and computes keys (tokenizer and
-    fingerprint only) and never pays for loading weights it would not run.
+    fingerprint only) and never pays for loading weights it would not run. Both loads take the
+    owning config's permissions: code in the folder runs only with `trust_remote_code`, and the
+    weights are read from safetensors only unless `allow_pickle_weights`.
     """
 
-    def __init__(self, resolved: ResolvedModel, device: str, dtype: Any) -> None:
+    def __init__(self, resolved: ResolvedModel, device: str, dtype: Any, *,
+                 trust_remote_code: bool = False, allow_pickle_weights: bool = False) -> None:
         from transformers import AutoTokenizer
 
         self.resolved = resolved
         self.device = device
         self.dtype = dtype
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(resolved.hf_dir)
+        self.trust_remote_code = trust_remote_code is True
+        self.allow_pickle_weights = allow_pickle_weights is True
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(
+            resolved.hf_dir, **tokenizer_kwargs(self.trust_remote_code))
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self._model: PreTrainedModel | None = None
@@ -282,8 +356,9 @@ class LoadedModel:
             if self._model is None:
                 from transformers import AutoModelForCausalLM, GenerationConfig
 
-                model = AutoModelForCausalLM.from_pretrained(self.resolved.hf_dir,
-                                                             dtype=self.dtype)
+                model = AutoModelForCausalLM.from_pretrained(
+                    self.resolved.hf_dir, dtype=self.dtype,
+                    **weights_kwargs(self.trust_remote_code, self.allow_pickle_weights))
                 # transformers fills every unset generation setting from the folder's
                 # generation_config.json; a repetition penalty there would bend the raw
                 # log-probs we record, a cache_implementation would clash with the reused prefix
@@ -296,9 +371,26 @@ class LoadedModel:
         return self._model
 
 
+def load_model(reference: str, device: str = "auto", dtype: str = "auto", *,
+               trust_remote_code: bool = False, allow_pickle_weights: bool = False
+               ) -> LoadedModel:
+    """Resolve a model for inference (memoized per process); weights load on first use.
+    `trust_remote_code` and `allow_pickle_weights` are the owning config's (model_access): both
+    off unless it sets them, and a model loaded with other permissions is another entry."""
+    # One memo key however the arguments are spelled (positional or keyword, defaults given or
+    # not), so callers share one loaded model.
+    return _load_model(reference, device, dtype, trust_remote_code is True,
+                       allow_pickle_weights is True)
+
+
 @functools.lru_cache(maxsize=4)
-def load_model(reference: str, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Resolve a model for inference (memoized per process); weights load on first use."""
-    resolved = resolve_model(reference)
+def _load_model(reference: str, device: str, dtype: str, trust_remote_code: bool,
+                allow_pickle_weights: bool) -> LoadedModel:
+    resolved = resolve_model(reference, allow_pickle_weights=allow_pickle_weights)
     real_device = pick_device(device)
-    return LoadedModel(resolved, real_device, pick_dtype(dtype, real_device))
+    return LoadedModel(resolved, real_device, pick_dtype(dtype, real_device),
+                       trust_remote_code=trust_remote_code,
+                       allow_pickle_weights=allow_pickle_weights)
+
+
+load_model.cache_clear = _load_model.cache_clear  # type: ignore[attr-defined]

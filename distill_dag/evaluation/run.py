@@ -32,7 +32,7 @@ from distill_dag.generation.config import StudentConfig, TeacherConfig
 from distill_dag.generation.prompts import render_prompt, resolve_style
 from distill_dag.generation.run import Namespace, generate, verify_outputs
 from distill_dag.generation.spec import GenerationSpec, PromptConfig, SamplingConfig
-from distill_dag.models import load_model
+from distill_dag.models import load_model, model_access
 from distill_dag.provenance.categories import ProvenanceConfig, categorize_three_way
 from distill_dag.provenance.run import score_cached, sentence_means
 from distill_dag.provenance.sentences import split_sentences
@@ -91,8 +91,11 @@ def eval_queries(queries: pl.DataFrame, cfg: EvalConfig) -> pl.DataFrame:
 
 def evaluate_model(label: str, model: str, prompt: PromptConfig, queries: pl.DataFrame,
                    cfg: EvalConfig, store: Store, device: str = "auto", dtype: str = "auto",
-                   show_progress: bool = True) -> ModelEval:
-    """Greedy and sampled answers of one model on `queries`, verified."""
+                   show_progress: bool = True, *, trust_remote_code: bool = False,
+                   allow_pickle_weights: bool = False) -> ModelEval:
+    """Greedy and sampled answers of one model on `queries`, verified. The load permissions
+    are those of the config that owns the model (the student's for it and its checkpoints:
+    ``**model_access(cfg.student)``); both off unless given."""
     started = time.perf_counter()
     runs = {"greedy": SamplingConfig(temperature=0.0, max_new_tokens=cfg.max_new_tokens,
                                      num_samples=1, seed=cfg.seed)}
@@ -104,7 +107,8 @@ def evaluate_model(label: str, model: str, prompt: PromptConfig, queries: pl.Dat
     generated = tokens = 0
     for kind, sampling in runs.items():
         spec = GenerationSpec(model=model, prompt=prompt, sampling=sampling,
-                              batch_size=cfg.batch_size)
+                              batch_size=cfg.batch_size, trust_remote_code=trust_remote_code,
+                              allow_pickle_weights=allow_pickle_weights)
         summary = generate(spec, Namespace(EVAL, f"{label}-{kind}"), queries, store,
                            device=device, dtype=dtype, show_progress=show_progress)
         frames[kind] = verify_outputs(summary.outputs, queries)
@@ -188,11 +192,13 @@ def score_test_time_provenance(
         answers = answers.with_columns(pl.lit("").alias("response_lead"))
     rows = answers.select("query_id", "response", "response_lead", "correct").to_dicts()
     responses = [r["response"] for r in rows]
-    contexts = [("teacher", teacher.model, teacher.prompt), ("student", student.model,
-                student.prompt), ("distilled", distilled_model, student.prompt)]
+    # The distilled model is the student's checkpoint: it loads with the student's permissions.
+    contexts = [("teacher", teacher.model, teacher.prompt, teacher),
+                ("student", student.model, student.prompt, student),
+                ("distilled", distilled_model, student.prompt, student)]
     scores = {}
-    for name, model, prompt in contexts:
-        loaded = load_model(model, device, dtype)
+    for name, model, prompt, owner in contexts:
+        loaded = load_model(model, device, dtype, **model_access(owner))
         plain = resolve_style(prompt, loaded.tokenizer.chat_template is not None) == "plain"
         # The whitespace the distilled model emitted before its answer precedes the answer in
         # every context; a plain prompt ("... Answer:") is followed by a space in any case, as

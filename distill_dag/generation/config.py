@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from distill_dag.configbase import (
     Config,
@@ -32,7 +32,15 @@ from distill_dag.generation.registry import (
     backend_gpus,
     check_spec,
 )
-from distill_dag.generation.spec import GenerationSpec, PromptConfig, SamplingConfig
+from distill_dag.generation.spec import (
+    ALLOW_PICKLE_WEIGHTS_DOC,
+    MODEL_ACCESS_SETTINGS,
+    TRUST_REMOTE_CODE_DOC,
+    GenerationSpec,
+    PromptConfig,
+    SamplingConfig,
+    check_model_access,
+)
 
 # Re-exported: the names callers import from here.
 __all__ = ["KNOWN_BACKENDS", "ConfigError", "GenerationSpec", "PromptConfig", "SamplingConfig",
@@ -126,11 +134,19 @@ class StudentConfig(Config):
     """The student: what is distilled into; scored and evaluated zero-shot, in the prompt it
     will train on."""
 
+    # Added after stores existed: hashed into code versions only when set.
+    HASHED_WHEN_SET: ClassVar[tuple[str, ...]] = MODEL_ACCESS_SETTINGS
+
     model: str = setting("pkg:smollm2-135m-instruct", "Model reference of the original student.")
     prompt: PromptConfig = setting(factory=lambda: PromptConfig(style="chat"),
                                    doc="Its zero-shot prompt (style chat unless given).")
+    trust_remote_code: bool = setting(False, TRUST_REMOTE_CODE_DOC + " Its distilled "
+                                      "checkpoints load with it too.", output=False)
+    allow_pickle_weights: bool = setting(False, ALLOW_PICKLE_WEIGHTS_DOC + " (Distilled "
+                                         "checkpoints are written as safetensors.)", output=False)
 
     def __post_init__(self) -> None:
+        check_model_access(self)
         if self.prompt.few_shot or self.prompt.exemplars:
             raise ConfigError("prompt: the student prompt is zero-shot: few_shot and exemplars "
                               "are not allowed")

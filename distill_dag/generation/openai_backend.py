@@ -233,20 +233,24 @@ class OpenAIBackend(Backend):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            from distill_dag.models import resolve_model
+            from distill_dag.models import model_access, resolve_model, tokenizer_kwargs
 
+            access = model_access(self.spec)
             self._tokenizer = AutoTokenizer.from_pretrained(
-                resolve_model(self.spec.model).hf_dir)
+                resolve_model(self.spec.model,
+                              allow_pickle_weights=access["allow_pickle_weights"]).hf_dir,
+                **tokenizer_kwargs(access["trust_remote_code"]))
         return self._tokenizer
 
     def scorer(self):
         """The local copy of the model (`teachers[].model`): OpenAI-compatible servers have no
         reliable way to score given text (llama.cpp's echoed prompt log-probs are wrong,
         DESIGN.md section 5), so provenance scores such a teacher locally."""
-        from distill_dag.models import load_model
+        from distill_dag.models import load_model, model_access
         from distill_dag.provenance.scoring import LocalScorer
 
-        return LocalScorer(load_model(self.spec.model, self.device, self.dtype))
+        return LocalScorer(load_model(self.spec.model, self.device, self.dtype,
+                                      **model_access(self.spec)))
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _session(self):

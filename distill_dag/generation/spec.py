@@ -10,6 +10,7 @@ needs no backend and no backend needs the registry.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from distill_dag.configbase import (
     Config,
@@ -25,6 +26,29 @@ def check_optional_int(name: str, value: object, minimum: int = 1) -> None:
     """None, or an integer >= minimum."""
     if value is not None:
         check_int(name, value, minimum)
+
+
+# The two load permissions of a config that names a model (a teacher, the student): declared
+# with these docs on both, off by default, never part of a fingerprint (they decide whether a
+# model may load, not what it generates), and hashed into code versions only when set.
+MODEL_ACCESS_SETTINGS = ("trust_remote_code", "allow_pickle_weights")
+TRUST_REMOTE_CODE_DOC = (
+    "Run the Python code a model folder ships (transformers' and vLLM's trust_remote_code), for "
+    "an architecture transformers does not know. That code runs with your permissions: set it "
+    "only for a folder you trust. It reaches every load of this model (tokenizer and weights; "
+    "a vLLM teacher's engine too, whose vllm.engine_args may not set it) and nothing else.")
+ALLOW_PICKLE_WEIGHTS_DOC = (
+    "Load this model from pickle weights (*.bin, *.pt, *.pth, *.ckpt) when its folder has no "
+    "*.safetensors. Unpickling can run code: set it only for a folder you trust (or convert the "
+    "weights to safetensors). Off: such a folder fails to resolve, and every load reads "
+    "safetensors only.")
+
+
+def check_model_access(owner: object) -> None:
+    """trust_remote_code and allow_pickle_weights are true or false."""
+    for name in MODEL_ACCESS_SETTINGS:
+        if not isinstance(getattr(owner, name), bool):
+            raise ConfigError(f"{name} must be true or false, got {getattr(owner, name)!r}")
 
 
 @dataclass
@@ -112,6 +136,9 @@ class GenerationSpec(Config):
     """One generation: (model, backend, prompt, sampling) and the backend's own settings. Its
     outputs are memoized per request under a namespace (generation/run.py)."""
 
+    # Added after stores existed: hashed into code versions only when set.
+    HASHED_WHEN_SET: ClassVar[tuple[str, ...]] = MODEL_ACCESS_SETTINGS
+
     model: str = setting(doc="Model reference (see distill_dag.models.resolve_model).")
     backend: str = setting("transformers", "Which backend generates (generation/registry.py: "
                                            "transformers, vllm, openai).")
@@ -126,9 +153,12 @@ class GenerationSpec(Config):
         0, "Store the model's top-k log-probs of every sampled token (k; 0: none) where the "
         "backend returns them at sampling time (generation/topk.py). Not part of the request "
         "key: the samples are the same either way.", output=False)
+    trust_remote_code: bool = setting(False, TRUST_REMOTE_CODE_DOC, output=False)
+    allow_pickle_weights: bool = setting(False, ALLOW_PICKLE_WEIGHTS_DOC, output=False)
 
     def __post_init__(self) -> None:
         check_int("top_logprobs", self.top_logprobs, 0)
+        check_model_access(self)
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError(f"model must be a model reference, got {self.model!r}")
         if not isinstance(self.backend, str) or not self.backend:

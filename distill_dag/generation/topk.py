@@ -218,7 +218,7 @@ def ensure_topk(
     from tqdm.auto import tqdm
 
     from distill_dag.generation.prompts import render_prompt, teacher_style_and_stops
-    from distill_dag.models import load_model
+    from distill_dag.models import load_model, model_access
 
     stored = read_topk(store, teacher.name)
     out: dict[str, TopK] = {}
@@ -238,7 +238,7 @@ def ensure_topk(
             missing.append({**row, "token_ids": ids})
     computed, seconds = 0, 0.0
     if missing:
-        loaded = load_model(teacher.model, device, dtype)
+        loaded = load_model(teacher.model, device, dtype, **model_access(teacher))
         fingerprints = set(samples.filter(pl.col("request_key").is_in(
             [m["request_key"] for m in missing]))["model_fingerprint"].drop_nulls()) \
             if "model_fingerprint" in samples.columns else set()

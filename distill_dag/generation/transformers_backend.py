@@ -32,7 +32,7 @@ from distill_dag.generation.decoding import (
 from distill_dag.generation.prompts import render_prompt, teacher_style_and_stops
 from distill_dag.generation.spec import GenerationSpec
 from distill_dag.generation.topk import TopK, tail_logmass
-from distill_dag.models import load_model
+from distill_dag.models import load_model, model_access
 from distill_dag.provenance.scoring import LocalScorer
 
 MIN_PREFIX_TOKENS = 16  # below this, copying the cache costs about what it saves
@@ -93,7 +93,7 @@ class TransformersBackend(Backend):
                  reuse_prefix: bool = True) -> None:
         self.spec = spec
         self.reuse_prefix = reuse_prefix  # False only to measure what prefix reuse buys
-        self.loaded = load_model(spec.model, device, dtype)
+        self.loaded = load_model(spec.model, device, dtype, **model_access(spec))
         self.model_fingerprint = self.loaded.fingerprint
         self.style, self.stop = teacher_style_and_stops(spec, self.loaded.tokenizer)
 

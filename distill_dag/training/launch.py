@@ -117,9 +117,12 @@ def train_distributed(
     device: str = "auto",
     show_progress: bool = True,
     on_output: Callable[[str], None] | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
 ) -> TrainingResult:
     """train_student in cfg.num_processes processes; returns rank 0's TrainingResult.
-    `on_output` receives each line the workers print."""
+    `on_output` receives each line the workers print; the student's load permissions reach
+    every worker."""
     run_dir = Path(run_dir)
     done = finished_result(run_dir / "model")
     if done is not None:  # finished earlier: nothing to launch
@@ -136,7 +139,9 @@ def train_distributed(
     result_path.unlink(missing_ok=True)
     spec = {"student_model": student_model, "training": dataclasses.asdict(cfg),
             "run_dir": str(run_dir), "info": info or {}, "device": device,
-            "show_progress": show_progress, "result": str(result_path)}
+            "show_progress": show_progress, "result": str(result_path),
+            "trust_remote_code": trust_remote_code is True,
+            "allow_pickle_weights": allow_pickle_weights is True}
     (launch_dir / "spec.json").write_text(json.dumps(spec, default=str))
 
     command = [sys.executable, "-m", "distill_dag.training.launch", TORCHRUN, "--standalone",

@@ -23,7 +23,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from distill_dag.models import cpu_supports_bf16, hf_folder_fingerprint, pick_device, resolve_model
+from distill_dag.models import (
+    cpu_supports_bf16,
+    hf_folder_fingerprint,
+    pick_device,
+    resolve_model,
+    tokenizer_kwargs,
+    weights_kwargs,
+)
 from distill_dag.training.config import TrainingConfig
 from distill_dag.training.data import IGNORE_INDEX, TokenizedDataset
 from distill_dag.training.launch import WORKER_ENV, train_distributed
@@ -166,10 +173,11 @@ def _sum_over_ranks(value: int, device) -> int:
     return int(total.item())
 
 
-def _tokenizer(resolved):
+def _tokenizer(resolved, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolved.hf_dir)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.hf_dir,
+                                              **tokenizer_kwargs(trust_remote_code))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -195,6 +203,8 @@ def train_student(
     on_log: Callable[[dict[str, Any]], None] | None = None,
     callbacks: Sequence[Any] = (),
     keep_model: bool = False,
+    trust_remote_code: bool = False,
+    allow_pickle_weights: bool = False,
 ) -> TrainingResult:
     """Train on `records` (what cfg.objective trains on; sft: chat `messages` records, as its
     `records()` reads them from filtered_dataset); the finished model is ``run_dir / "model"``.
@@ -208,7 +218,13 @@ def train_student(
     With cfg.num_processes > 1 this launches the data-parallel processes (training/launch.py);
     `on_log` then receives each line of their output as {"output": line} (a logged step's line
     with its entry's keys too), and `callbacks` and `keep_model` are not available (they cannot
-    cross processes)."""
+    cross processes).
+
+    `trust_remote_code` and `allow_pickle_weights` are the student's load permissions
+    (``**model_access(project.student)``; both off unless given): code in the student's folder
+    runs only with the first, and its weights are read from safetensors only without the second."""
+    access = {"trust_remote_code": trust_remote_code is True,
+              "allow_pickle_weights": allow_pickle_weights is True}
     objective = get_objective(cfg.objective)
     if cfg.num_processes > 1 and not os.environ.get(WORKER_ENV):
         if keep_model or callbacks:
@@ -217,10 +233,13 @@ def train_student(
         if done is not None:
             return done
         # Bad records or a missing model fail here, once and clearly, not in N workers.
-        objective.prepare(_tokenizer(resolve_model(student_model)), records, cfg.max_length)
+        resolved = resolve_model(student_model,
+                                 allow_pickle_weights=access["allow_pickle_weights"])
+        objective.prepare(_tokenizer(resolved, access["trust_remote_code"]), records,
+                          cfg.max_length)
         return train_distributed(records, student_model, cfg, run_dir, info=info, device=device,
                                  show_progress=show_progress,
-                                 on_output=_forward_worker_lines(on_log))
+                                 on_output=_forward_worker_lines(on_log), **access)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
 
@@ -233,9 +252,9 @@ def train_student(
     if done is not None:
         return done
 
-    resolved = resolve_model(student_model)
+    resolved = resolve_model(student_model, allow_pickle_weights=access["allow_pickle_weights"])
     real_device = pick_device(device)
-    tokenizer = _tokenizer(resolved)
+    tokenizer = _tokenizer(resolved, access["trust_remote_code"])
     tokenized = objective.prepare(tokenizer, records, cfg.max_length)
     if tokenized.dropped_too_long:
         log.warning("training: %d of %d records are longer than max_length=%d tokens and were "
@@ -243,7 +262,8 @@ def train_student(
                     cfg.max_length, tokenized.dropped_too_long[0])
 
     torch.manual_seed(cfg.seed)
-    model = AutoModelForCausalLM.from_pretrained(resolved.hf_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(resolved.hf_dir, dtype=torch.float32,
+                                                 **weights_kwargs(**access))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     trainer_dir = run_dir / "trainer"
     trainer_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = train_student(records, spec["student_model"], cfg, Path(spec["run_dir"]),
                            info=spec["info"], device=spec["device"],
-                           show_progress=spec["show_progress"])
+                           show_progress=spec["show_progress"],
+                           trust_remote_code=spec.get("trust_remote_code", False) is True,
+                           allow_pickle_weights=spec.get("allow_pickle_weights", False) is True)
     if int(os.environ.get("RANK", "0")) == 0:
         data = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)
                 if f.name != "model"}

@@ -101,15 +101,18 @@ def student_samples(inputs: ObjectiveInputs, settings: OnPolicySettings, queries
     were generated now."""
     from distill_dag.generation.run import Namespace, generate
     from distill_dag.generation.spec import GenerationSpec, SamplingConfig
-    from distill_dag.models import resolve_model
+    from distill_dag.models import model_access, resolve_model
 
+    access = model_access(inputs.project.student)  # the current student is the student's
     spec = GenerationSpec(
         model=inputs.student, prompt=inputs.project.student.prompt,
         batch_size=settings.sample_batch_size,
         sampling=SamplingConfig(temperature=settings.sample_temperature,
                                 max_new_tokens=settings.max_new_tokens,
-                                num_samples=settings.samples_per_query, seed=settings.seed))
-    namespace = Namespace("onpolicy", resolve_model(inputs.student).fingerprint[:32])
+                                num_samples=settings.samples_per_query, seed=settings.seed),
+        **access)
+    namespace = Namespace("onpolicy", resolve_model(
+        inputs.student, allow_pickle_weights=access["allow_pickle_weights"]).fingerprint[:32])
     summary = generate(spec, namespace, queries, inputs.store, device=inputs.device,
                        dtype=inputs.dtype, show_progress=inputs.show_progress)
     return summary.outputs, summary.generated
