@@ -39,6 +39,7 @@ from distill_dag.stage import (
     Stage,
     StageContext,
     StageOutput,
+    Url,
 )
 from distill_dag.stage import upstream as upstream_stages
 from distill_dag.stages import CORPUS_FILES, TEACHER_CONFIG
@@ -56,6 +57,8 @@ def metadata_value(value):
         return dg.MetadataValue.md(str(value))
     if isinstance(value, PathValue):
         return dg.MetadataValue.path(str(value))
+    if isinstance(value, Url):
+        return dg.MetadataValue.url(str(value))
     if isinstance(value, Json):
         return dg.MetadataValue.json(value.value)
     if isinstance(value, bool):

@@ -37,6 +37,10 @@ class PathValue(str):
     """A metadata value that is a file or folder path."""
 
 
+class Url(str):
+    """A metadata value that is a link (the MLflow run, the registered model version)."""
+
+
 @dataclass(frozen=True)
 class Json:
     """A metadata value shown as JSON (lists, nested dicts)."""

@@ -158,6 +158,8 @@ def open_tracker(cfg: TrackingConfig, home: str | os.PathLike) -> Tracker | None
     ``cfg.on_unreachable == "local"``."""
     if not cfg.enabled:
         return None
+    # As for Dagster (dagster.yaml): no usage telemetry from a pipeline that runs offline.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow  # noqa: F401  (imported for its side effect of registering URI schemes)
     from mlflow.tracking import MlflowClient
 

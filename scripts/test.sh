@@ -17,6 +17,17 @@ if ! .venv/bin/python -c "import llama_cpp.server" 2>/dev/null; then
   echo "test: installing llama-cpp-python[server] (builds from source, about 6 min, once)"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[llamacpp]"
 fi
+# The web UI's tests drive Debian's Chromium through Playwright (no browser download).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test: installing Debian's chromium for the web UI tests (once)"
+    apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+      || echo "test: warning: could not install chromium; tests/test_web_ui.py will fail" >&2
+  else
+    echo "test: warning: chromium is not installed (apt-get install chromium); tests/test_web_ui.py will fail" >&2
+  fi
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 .venv/bin/ruff check .
 .venv/bin/python -m pytest -q "$@"

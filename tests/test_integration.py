@@ -117,6 +117,16 @@ def test_checkpoint_is_a_loadable_folder_and_the_report_is_complete(tiny_run):
     assert ckpt["_tags"]["dagster/data_version"] == ckpt["checkpoint_hash"]
     AutoModelForCausalLM.from_pretrained(path)  # loads in one line
     report = first[("eval_report", None)]
+    # Its model card (huggingface_hub reads it): what it is, and eval_report's table.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(str(path / "README.md"))
+    facts = card.data.to_dict()["distill_dag"]
+    assert (facts["base_model"], facts["objective"], facts["data_version"]) == (
+        "pkg:smollm2-135m-instruct", "sft", ckpt["dataset_version"])
+    assert card.data.pipeline_tag == "text-generation" and set(facts["teachers"]) <= {
+        "fewshot", "zeroshot"}
+    assert "| pass@1_greedy |" in card.text and str(report["distilled/pass@1_greedy"]) in card.text
     text = Path(report["report_path"]).read_text()
     assert "gain (distilled - base)" in text and "Test-time provenance" in text
     for key in ("base/pass@1_greedy", "distilled/pass@1_greedy", "gain/pass@1",
@@ -375,11 +385,11 @@ def test_kd_and_redi_train_from_the_stored_samples_and_top_k(tiny_run, tmp_path)
     records = Store(Path(home) / "store").read_table("filtered_dataset").height
     kd = materialize({"objective": "kd", "kd": {"top_k": 8}})
     assert kd["objective"] == "kd" and kd["trained_now"]
-    assert kd["topk_from_sampling"] == records  # stored at sampling time (top_logprobs 20)
-    assert kd["topk_computed"] == 0 and kd["topk_raw_bytes_per_token"] == 20 * 6 + 2
+    assert kd["topk_from_sampling_now"] == records  # stored at sampling time (top_logprobs 20)
+    assert kd["topk_computed_now"] == 0 and kd["topk_raw_bytes_per_token"] == 20 * 6 + 2
     other = materialize({"objective": "kd", "kd": {"top_k": 8, "divergence": "reverse_kl"}})
     assert other["trained_now"] and other["path"] != kd["path"]  # a new knob, a new checkpoint
-    assert other["topk_computed"] == 0
+    assert other["topk_computed_now"] == 0
     redi = materialize({"objective": "redi", "kd": {"top_k": 8}, "redi": {"after": "kd"}})
     assert redi["objective"] == "redi" and redi["trained_now"]
     assert redi["kd_checkpoint"] == kd["path"] and redi["kd_trained_now"] is False
@@ -417,10 +427,10 @@ def test_on_policy_samples_from_the_student_each_round_and_resumes_from_the_stor
     # The metadata is the last round's: its samples came from round 1's checkpoint, new now.
     assert first["on_policy_round_1_generated_now"] == queries
     assert first["on_policy_round_1_samples"] + first["on_policy_round_1_empty_samples"] == queries
-    assert first["topk_computed"] == first["on_policy_round_1_samples"]
+    assert first["topk_computed_now"] == first["on_policy_round_1_samples"]
     folders = {p.name for p in (Path(home) / "store" / "generations_onpolicy").iterdir()}
     assert len(folders) == 2  # one namespace per student model sampled: base, round 1
-    assert again["on_policy_round_1_generated_now"] == 0 and again["topk_computed"] == 0
+    assert again["on_policy_round_1_generated_now"] == 0 and again["topk_computed_now"] == 0
     assert not again["trained_now"] and again["path"] == first["path"]
 
 
@@ -469,4 +479,4 @@ def test_on_policy_crashed_in_round_two_resumes_without_redoing_round_one(
             result.get_asset_materialization_events()[0].materialization.metadata.items()}
     assert trained == [False, True]  # round 1 reused, round 2 trained now
     assert meta["trained_now"] and meta["on_policy_round_1_generated_now"] == 0
-    assert meta["topk_computed"] == meta["on_policy_round_1_samples"] > 0
+    assert meta["topk_computed_now"] == meta["on_policy_round_1_samples"] > 0

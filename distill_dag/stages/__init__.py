@@ -30,7 +30,8 @@ STAGES: list[Stage] = [
         name="query_corpus", run=query_corpus.run, observes=(CORPUS_FILES,),
         writes=(t.QUERIES, t.QUARANTINE), settings=lambda p: p.corpus_settings_hash(),
         kinds=("duckdb", "polars"),
-        description="Queries from the generator and/or files: normalized, stable query_id, "
+        description="Queries from the generator and/or files and datasets folders: "
+                    "normalized, stable query_id, "
                     "quality-filtered (length, charset, scripts, language, gradeable answer), "
                     "exact- and near-deduplicated (MinHash, embeddings), eval split held out "
                     "and decontaminated (n-grams, MinHash, embeddings). Removed rows go to the "
@@ -104,8 +105,9 @@ STAGES: list[Stage] = [
         description="Correct samples of the chosen teacher(s): optionally only queries in the "
                     "base student's pass-rate band and concise traces; best-of-N per query by "
                     "Teacher-sentence count (optionally filled with the most diverse), length "
-                    "bounds and a budget; chat `messages` records (JSONL + Parquet) in the "
-                    "student's zero-shot format. Incorrect samples go to the `negatives` table.",
+                    "bounds and a budget; chat `messages` records (JSONL + Parquet, and a "
+                    "Hugging Face datasets folder with a dataset card) in the student's "
+                    "zero-shot format. Incorrect samples go to the `negatives` table.",
         checks=(
             CheckSpec("not_empty", "At least one training record.", blocking=True),
             CheckSpec("no_eval_queries", "No record comes from an eval query.", blocking=True),
@@ -121,10 +123,12 @@ STAGES: list[Stage] = [
         reads=(t.FILTERED_DATASET,), writes=(t.DISTILLED_CHECKPOINT,),
         config_sections=("training", "student"), gpus=lambda p: p.training.num_processes,
         kinds=("pytorch", "mlflow"),
-        description="The student fine-tuned on filtered_dataset (TRL SFTTrainer; loss on the "
-                    "assistant tokens only; LoRA merged or full; packed; resumable). Written as "
-                    "a Hugging Face folder under the artifact directory: weights never pass "
-                    "through an IO manager. Logged to MLflow.",
+        description="The student trained on filtered_dataset by training.objective (sft: TRL "
+                    "SFTTrainer, loss on the assistant tokens only; kd, on_policy, redi: "
+                    "docs/training.md); LoRA merged or full; resumable; optionally watched by "
+                    "the held-out monitor. Written as a Hugging Face folder with a model card "
+                    "under the artifact directory: weights never pass through an IO manager. "
+                    "Logged to MLflow as a registered model.",
         checks=(
             CheckSpec("hf_folder", "The checkpoint folder has weights (safetensors), config, "
                       "tokenizer and chat template.", blocking=True),

@@ -14,11 +14,22 @@ from typing import Any
 import polars as pl
 
 from distill_dag import tables
+from distill_dag.cards import model_card, write_model_card
 from distill_dag.configbase import stable_hash
 from distill_dag.errors import DistillError, StageError
 from distill_dag.filtering import dataset_version as filtered_dataset_version
-from distill_dag.models import resolve_model
-from distill_dag.stage import WARN, Check, Json, Markdown, PathValue, StageContext, StageOutput
+from distill_dag.mlflow_model import LoggedStudent, log_student, run_url, ui_base, version_url
+from distill_dag.models import model_access, resolve_model
+from distill_dag.stage import (
+    WARN,
+    Check,
+    Json,
+    Markdown,
+    PathValue,
+    StageContext,
+    StageOutput,
+    Url,
+)
 from distill_dag.tracking import (
     TrackedRun,
     flat_params,
@@ -165,7 +176,7 @@ def train_one(ctx: StageContext, training: TrainingConfig, student: str,
     `monitor`, the held-out monitor measures it during training."""
     cfg = ctx.project
     objective = get_objective(training.objective)
-    resolved = resolve_model(student)
+    resolved = resolve_model(student, allow_pickle_weights=cfg.student.allow_pickle_weights)
     inputs = ObjectiveInputs(ctx.store, cfg, student, round_, device=ctx.device, dtype=ctx.dtype,
                              show_progress=ctx.show_progress, log=ctx.log,
                              tables=dict(stand_ins or {}))
@@ -200,6 +211,7 @@ def train_one(ctx: StageContext, training: TrainingConfig, student: str,
                   "mlflow_run_id": run.run_id if run else None,
                   "mlflow_tracking_uri": redact_uri(tracker.uri) if tracker else None},
             device=ctx.device, show_progress=ctx.show_progress, on_log=_log_progress(ctx),
+            **model_access(cfg.student),
             callbacks=[make_callback(training.monitor, monitor, run_dir, training.max_length)]
             if monitor is not None else ())
     except BaseException as exc:
@@ -234,12 +246,19 @@ def run(ctx: StageContext) -> StageOutput:
         "global_step": result.global_step, "mlflow_run_id": info.get("mlflow_run_id"),
         "mlflow_tracking_uri": info.get("mlflow_tracking_uri"), "created_at": time.time()}])
     ctx.store.write_table(tables.DISTILLED_CHECKPOINT, registered)
+    training = cfg.training
+    write_model_card(result.path, model_card(
+        base_model=cfg.student.model, objective=training.objective,
+        training_method=f"LoRA r={training.lora.r}" if training.method == "lora"
+        else "full fine-tune", data_version=dataset_version,
+        teachers=sorted(set(data["teacher"])) if "teacher" in data.columns else [],
+        license=cfg.filtering.license), replace=False)  # eval_report adds its table
     ctx.log.info(f"checkpoint {result.path} ("
                  f"{'trained' if result.trained_now else 'reused'}, {result.global_step} steps)")
     return StageOutput(
         tables={tables.DISTILLED_CHECKPOINT: registered},
         metadata={**_metadata(ctx, result, dataset_version), **_monitor_metadata(result),
-                  **trained.metadata},
+                  **trained.metadata, **_model_metadata(ctx, result, dataset_version)},
         work={"training_steps": result.steps_run if result.trained_now else 0},
         data_version=result.checkpoint_hash,
         checks=_checks(ctx, result, missing),
@@ -279,6 +298,45 @@ def _metadata(ctx: StageContext, result: TrainingResult, dataset_version: str) -
     if info.get("mlflow_run_id"):
         metadata["mlflow_run_id"] = info["mlflow_run_id"]
         metadata["mlflow_tracking_uri"] = str(info.get("mlflow_tracking_uri"))
+    return metadata
+
+
+def _model_metadata(ctx: StageContext, result: TrainingResult,
+                    dataset_version: str) -> dict[str, Any]:
+    """The final checkpoint as an MLflow model in its training run, registered, with links.
+    Logged once (a reused checkpoint finds it in mlflow_model.json, or is logged now if it
+    never was); a failure to log costs the links, never the checkpoint."""
+    cfg = ctx.project.tracking
+    run_id = result.info.get("mlflow_run_id")
+    if not (cfg.enabled and run_id):
+        return {}
+    try:
+        tracker = open_tracker(cfg, ctx.home)
+        logged = LoggedStudent.load(result.path.parent)
+        if logged is None and cfg.log_model:
+            ctx.log.info(f"MLflow: logging the student as a model in run {run_id}"
+                         + (f", registered as {cfg.registered_model}"
+                            if cfg.registered_model else ""))
+            logged = log_student(tracker, run_id, result.path, cfg.registered_model, tags={
+                "dagster.run_id": ctx.run_id or "", "dataset_version": dataset_version,
+                "checkpoint_hash": result.checkpoint_hash,
+                "base_model": ctx.project.student.model,
+                "objective": ctx.project.training.objective})
+            logged.save(result.path.parent)
+    except Exception as exc:  # the checkpoint is saved; losing the model log must not lose it
+        ctx.log.warning(f"MLflow: logging the student as a model failed ({exc}); the "
+                        "checkpoint is saved and registered in the store")
+        return {}
+    base = ui_base(tracker, cfg.ui_url)
+    metadata: dict[str, Any] = {"mlflow_run_url": Url(run_url(base, tracker.experiment_id,
+                                                                 run_id))}
+    if logged is not None:
+        metadata["mlflow_model_uri"] = logged.model_uri
+        if logged.version:
+            metadata.update({
+                "mlflow_registered_model": f"{logged.registered_name} version {logged.version}",
+                "mlflow_model_version_url": Url(version_url(base, logged.registered_name,
+                                                            logged.version))})
     return metadata
 
 

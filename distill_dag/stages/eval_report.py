@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 
 from distill_dag import tables
+from distill_dag.cards import with_evaluation, write_model_card
 from distill_dag.configbase import stable_hash
 from distill_dag.errors import StageError
 from distill_dag.evaluation.report import PLOTS, verdict_line, write_report
@@ -25,8 +26,10 @@ from distill_dag.evaluation.run import (
     score_test_time_provenance,
 )
 from distill_dag.generation.config import TeacherConfig
+from distill_dag.mlflow_model import LoggedStudent, record_eval, run_url, ui_base, version_url
+from distill_dag.models import model_access
 from distill_dag.selection import cost_per_kept_sample
-from distill_dag.stage import WARN, Check, Markdown, PathValue, StageContext, StageOutput
+from distill_dag.stage import WARN, Check, Markdown, PathValue, StageContext, StageOutput, Url
 from distill_dag.tracking import open_tracker, redact_uri
 
 PLOT_TITLES = {"accuracy.png": "Accuracy", "provenance_categories.png": "Test-time provenance",
@@ -99,6 +102,18 @@ def embedded_plots(out_dir: Path) -> Markdown:
     return Markdown("\n".join(parts))
 
 
+def _card_table(numeric: dict[str, float], cmp: Comparison) -> list[dict[str, Any]]:
+    """The model card's evaluation table: each pass@ metric for base, distilled and the gain."""
+    rows = []
+    for key in sorted(k for k in numeric if k.startswith("distilled/pass@")):
+        metric = key.split("/", 1)[1]
+        rows.append({"metric": metric, "base student": numeric.get(f"base/{metric}"),
+                     "distilled": numeric[key]})
+    rows.append({"metric": f"held-out queries: {cmp.queries}", "base student": "",
+                 "distilled": verdict_line(cmp)})
+    return rows
+
+
 def _log_mlflow(ctx: StageContext, tracker, ckpt: dict, cmp: Comparison,
                 numeric: dict[str, float], out_dir: Path) -> dict[str, str]:
     run = tracker.start_run(f"eval_report {ckpt['checkpoint_hash']}", tags={
@@ -110,9 +125,24 @@ def _log_mlflow(ctx: StageContext, tracker, ckpt: dict, cmp: Comparison,
     for name in os.listdir(out_dir):
         run.log_artifact(out_dir / name, "eval_report")
     run.end()
-    meta = {"mlflow_run_id": run.run_id, "mlflow_tracking_uri": redact_uri(tracker.uri)}
+    base = ui_base(tracker, ctx.project.tracking.ui_url)
+    meta: dict[str, Any] = {"mlflow_run_id": run.run_id,
+                            "mlflow_tracking_uri": redact_uri(tracker.uri),
+                            "mlflow_run_url": Url(run_url(base, tracker.experiment_id,
+                                                          run.run_id))}
     if ckpt.get("mlflow_run_id"):
         meta["mlflow_training_run_id"] = ckpt["mlflow_run_id"]
+    logged = LoggedStudent.load(Path(ckpt["path"]).parent)
+    if logged is not None:  # the registered student gets its scores
+        try:
+            record_eval(tracker, logged, run.run_id, numeric)
+        except Exception as exc:
+            ctx.log.warning(f"MLflow: tagging the registered model with the eval metrics "
+                            f"failed ({exc})")
+        else:
+            if logged.version:
+                meta["mlflow_model_version_url"] = Url(version_url(
+                    base, logged.registered_name, logged.version))
     return meta
 
 
@@ -137,10 +167,12 @@ def run(ctx: StageContext) -> StageOutput:
     tracker = open_tracker(cfg.tracking, ctx.home) if cfg.tracking.enabled else None
     teacher = provenance_teacher(ctx)  # resolved before minutes of generation, not after
     common = dict(store=db, device=ctx.device, dtype=ctx.dtype, show_progress=ctx.show_progress)
+    access = model_access(cfg.student)
     started = time.perf_counter()
-    base = evaluate_model(BASE, cfg.student.model, cfg.student.prompt, queries, ecfg, **common)
+    base = evaluate_model(BASE, cfg.student.model, cfg.student.prompt, queries, ecfg, **common,
+                          **access)
     distilled = evaluate_model(DISTILLED, ckpt["path"], cfg.student.prompt, queries, ecfg,
-                               **common)
+                               **common, **access)
     cmp = compare(base, distilled, ecfg)
     shares = None
     if teacher is not None:
@@ -171,6 +203,9 @@ def run(ctx: StageContext) -> StageOutput:
                           ecfg.max_new_tokens, costs=costs)
     seconds = time.perf_counter() - started
     numeric = numeric_metrics(cmp, shares)
+    card = with_evaluation(ckpt["path"], _card_table(numeric, cmp))
+    if card is not None:  # the checkpoint's model card gets this report's table
+        write_model_card(ckpt["path"], card)
     mlflow_meta = _log_mlflow(ctx, tracker, ckpt, cmp, numeric, out_dir) if tracker else {}
     verdict = verdict_line(cmp)
     ctx.log.info(verdict)

@@ -220,6 +220,7 @@ class TrackingConfig(Config):
 
     WHERE: ClassVar[str] = "tracking"
     UNREACHABLE_CHOICES: ClassVar[tuple[str, ...]] = ("error", "local")
+    HASHED_WHEN_SET: ClassVar[tuple[str, ...]] = ("log_model", "registered_model", "ui_url")
 
     tracking_uri: str | None = setting(
         None, "Any MLflow tracking URI (http://host:5000, databricks, sqlite:///path.db). None: "
@@ -234,6 +235,17 @@ class TrackingConfig(Config):
         "SQLite database and say so in the step's log and metadata).", output=False)
     timeout_s: float = setting(5.0, "How long to wait for a remote tracking server's health "
                                     "check, in seconds (> 0).", output=False)
+    log_model: bool = setting(
+        True, "Log the distilled student as an MLflow model (transformers flavor, from its "
+        "folder, with a text-in/text-out signature) in its training run.", output=False)
+    registered_model: str | None = setting(
+        "distill-dag-student", "Register the logged student under this name in the MLflow "
+        "model registry; eval_report tags the version with its metrics. None: log only.",
+        output=False)
+    ui_url: str | None = setting(
+        None, "The MLflow UI's address for the links in the Dagster metadata. None: the "
+        "tracking server itself when tracking_uri is http(s), else http://127.0.0.1:5000 "
+        "(what `mlflow ui` serves).", output=False)
 
     def __post_init__(self) -> None:
         if self.tracking_uri is not None and (not isinstance(self.tracking_uri, str)
@@ -248,3 +260,9 @@ class TrackingConfig(Config):
             raise ValueError(f"on_unreachable must be one of {list(self.UNREACHABLE_CHOICES)}, "
                              f"got {self.on_unreachable!r}")
         _number("timeout_s", self.timeout_s, 1e-3)
+        if not isinstance(self.log_model, bool):
+            raise ValueError(f"log_model must be true or false, got {self.log_model!r}")
+        for name in ("registered_model", "ui_url"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"{name} must be a non-empty string or null, got {value!r}")

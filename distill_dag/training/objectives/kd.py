@@ -99,12 +99,14 @@ class KDSettings(Config):
 
 def check_vocabularies(project: Any, student: str, teachers: Sequence[str]) -> None:
     """TopKError naming both models when a teacher's vocabulary is not the student's."""
-    from distill_dag.models import load_model
+    from distill_dag.models import load_model, model_access
 
-    student_tokenizer = load_model(student, "cpu").tokenizer
+    student_tokenizer = load_model(
+        student, "cpu", **model_access(getattr(project, "student", None))).tokenizer
     for name in teachers:
         teacher = project.teacher(name)
-        why = vocabulary_mismatch(load_model(teacher.model, "cpu").tokenizer, student_tokenizer)
+        why = vocabulary_mismatch(load_model(teacher.model, "cpu", **model_access(teacher))
+                                  .tokenizer, student_tokenizer)
         if why is not None:
             raise TopKError(
                 f"kd: teacher {name!r} ({teacher.model}) and the student ({student}) do not "
@@ -115,12 +117,13 @@ def check_vocabularies(project: Any, student: str, teachers: Sequence[str]) -> N
 def with_token_ids(inputs: ObjectiveInputs, samples: pl.DataFrame) -> pl.DataFrame:
     """Samples without token ids (from a server whose token pieces named no id, or older)
     get their reply tokenized by the student's tokenizer, which is the teacher's vocabulary."""
-    from distill_dag.models import load_model
+    from distill_dag.models import load_model, model_access
 
     lengths = samples["token_ids"].list.len().fill_null(0)
     if not bool((lengths == 0).any()):
         return samples
-    tokenizer = load_model(inputs.student, "cpu").tokenizer
+    tokenizer = load_model(inputs.student, "cpu",
+                           **model_access(getattr(inputs.project, "student", None))).tokenizer
     ids = [list(row) if n else
            list(tokenizer(messages[-1]["content"], add_special_tokens=False)["input_ids"])
            for row, n, messages in zip(samples["token_ids"].to_list(), lengths.to_list(),
@@ -162,7 +165,9 @@ def teacher_topk_records(inputs: ObjectiveInputs, settings: KDSettings, samples:
                         "topk_logprobs": t.logprobs.astype(np.float32).tolist()})
     reports = [storage_report(inputs.store, name) for name in teachers]
     stored_tokens = sum(r["tokens"] for r in reports)
-    metadata: dict[str, Any] = {f"topk_{k}": v for k, v in counts.items()}
+    # What this run found or computed: "_now", so a step that finds its asset up to date
+    # reports 0 (assets/stage_asset.py).
+    metadata: dict[str, Any] = {f"topk_{k}_now": v for k, v in counts.items()}
     if stored_tokens:
         for kind in ("disk", "raw"):
             metadata[f"topk_{kind}_bytes_per_token"] = round(
