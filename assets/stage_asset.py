@@ -25,6 +25,7 @@ from distill_dag.errors import DistillError
 from distill_dag.orchestration.dagster_internals import (
     FRESH,
     StaleResolver,
+    asset_graph,
     check_results_of_run,
     step_asset_graph,
 )
@@ -119,15 +120,14 @@ def stale_or_updated() -> dg.AutomationCondition:
 _GRAPHS: dict[str, object] = {}
 
 
-def _asset_graph(project: ProjectConfig, resources: dict):
-    """The asset graph of the project's definitions, for a step run in process (dg.materialize
+def _asset_graph(project: ProjectConfig):
+    """The asset graph of the project's assets, for a step run in process (dg.materialize
     gives a step only its own job's assets); built once per config."""
     from distill_dag.assets import build_assets
 
     key = project.fingerprint()
     if key not in _GRAPHS:
-        _GRAPHS[key] = dg.Definitions(assets=build_assets(project),
-                                      resources=resources).resolve_asset_graph()
+        _GRAPHS[key] = asset_graph(build_assets(project))
     return _GRAPHS[key]
 
 
@@ -137,14 +137,12 @@ def _nothing_now(value: dg.MetadataValue) -> dg.MetadataValue:
 
 
 def replay_if_up_to_date(stage: Stage, context: dg.AssetExecutionContext,
-                         project: ProjectConfig, resources: dict
-                         ) -> dg.MaterializeResult | None:
+                         project: ProjectConfig) -> dg.MaterializeResult | None:
     """The last materialization again when the asset (partition) is up to date, else None."""
     if context.run.tags.get(FORCE_TAG, "").lower() == "true":
         return None
     partition = context.partition_key if context.has_partition_key else None
-    instance, graph = context.instance, step_asset_graph(context) or _asset_graph(project,
-                                                                            resources)
+    instance, graph = context.instance, step_asset_graph(context) or _asset_graph(project)
     if not graph.has(dg.AssetKey(stage.name)):  # a stage list other than the declared one
         return None
     record_observations(instance, graph, project)
@@ -181,8 +179,7 @@ def replay_if_up_to_date(stage: Stage, context: dg.AssetExecutionContext,
 def run_stage(stage: Stage, context: dg.AssetExecutionContext, project: ProjectResource,
               store: StoreResource, runtime: RuntimeResource) -> dg.MaterializeResult:
     """The body of every stage asset."""
-    replayed = replay_if_up_to_date(stage, context, project.load(),
-                                    {"project": project, "store": store, "runtime": runtime})
+    replayed = replay_if_up_to_date(stage, context, project.load())
     if replayed is not None:
         return replayed
     ctx = StageContext(project=project.load(), store=store.store(), home=Path(store.home),

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import dagster as dg
 from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 from dagster._core.definitions.data_version import (
     DATA_VERSION_TAG,
@@ -66,6 +67,13 @@ class StaleResolver:
         return self._resolver.get_current_data_version(dg.AssetKey(asset), partition).value
 
 
+def asset_graph(assets: Iterable) -> object:
+    """The asset graph of asset definitions, built without a Definitions object: building one
+    inside a running step would point Dagster's definitions-state context at the step's
+    instance, which later code may find closed ("unable to open database file")."""
+    return AssetGraph.from_assets(list(assets))
+
+
 def step_asset_graph(context: dg.AssetExecutionContext):
     """The code location's asset graph of a running step (a run the daemon or the web UI
     launched), or None where the step has no repository (`dg.materialize` in process)."""
@@ -117,6 +125,18 @@ def requested_backfill_tags(instance: dg.DagsterInstance, limit: int = 20
     """The tags of the backfills that are still requested (unfinished)."""
     return [dict(b.tags) for b in instance.get_backfills(status=BulkActionStatus.REQUESTED,
                                                           limit=limit)]
+
+
+def forget_entered_instances() -> None:
+    """Clear the instance Dagster reads definitions' state from (the context variable that
+    entering an instance sets). Entering and leaving instances out of order (pytest fixtures
+    do), or an entered instance that the garbage collector finalizes later (its exit puts
+    back the instance entered before it), can leave it pointing at a closed one; tests call
+    this before each test."""
+    import gc
+
+    gc.collect()  # finalize such instances now, not in the middle of the next test
+    set_defs_state_storage(None).__enter__()
 
 
 @contextmanager

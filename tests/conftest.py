@@ -16,6 +16,15 @@ TESTS = Path(__file__).parent
 TINY_CONFIG = TESTS / "configs" / "tiny.yaml"
 
 
+@pytest.fixture(autouse=True)
+def _no_instance_left_entered():
+    """Each test starts with no Dagster instance entered: one a previous test closed would
+    otherwise be where Dagster reads definitions' state ("undefined DagsterInstance weakref")."""
+    from distill_dag.orchestration.dagster_internals import forget_entered_instances
+
+    forget_entered_instances()
+
+
 @pytest.fixture(scope="session")
 def smollm_fp32():
     """SmolLM2-135M-Instruct in fp32: exact arithmetic for comparisons."""

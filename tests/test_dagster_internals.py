@@ -119,3 +119,12 @@ def test_step_asset_graph():
     with dg.instance_for_test() as instance:
         dg.materialize([probe], instance=instance)  # in process: no repository on the step
         assert seen["graph"] is None
+
+
+def test_asset_graph():
+    defs = _definitions()
+    graph = internals.asset_graph(defs.assets)
+    assert graph.has(dg.AssetKey("downstream")) and graph.has(dg.AssetKey("source_files"))
+    with dg.instance_for_test() as instance:  # the StaleResolver takes it as the web UI's
+        assert internals.StaleResolver(instance, graph).status("upstream", None) == \
+            internals.MISSING

@@ -224,7 +224,7 @@ def _store_for_filtering(ctx: StageContext) -> None:
 def test_filtered_dataset_is_also_a_dataset_dict_with_a_card(tmp_path, monkeypatch):
     # The student's tokenizer only checks the chat template here (tested elsewhere).
     monkeypatch.setattr(filtered_dataset, "load_model",
-                        lambda *args: SimpleNamespace(tokenizer=None))
+                        lambda *args, **kwargs: SimpleNamespace(tokenizer=None))
     monkeypatch.setattr(filtered_dataset, "template_problems", lambda tokenizer, records: [])
     project = load_project_config(TINY_CONFIG)
     ctx = StageContext.local(project, tmp_path / "home", show_progress=False)

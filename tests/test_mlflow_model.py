@@ -87,6 +87,12 @@ def _materialization(results, asset: str):
     return event
 
 
+def _run_id(results, asset: str) -> str:
+    [run_id] = [r.run_id for r in results for e in r.get_asset_materialization_events()
+                if e.asset_key.to_user_string() == asset]
+    return run_id
+
+
 def test_the_student_is_logged_registered_and_tagged_with_its_eval_metrics(tiny_tracked):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -100,7 +106,7 @@ def test_the_student_is_logged_registered_and_tagged_with_its_eval_metrics(tiny_
     train_run = client.get_run(meta["mlflow_run_id"])
     assert version.run_id == train_run.info.run_id
     # The run carries the Dagster run id and the data version it trained on.
-    assert train_run.data.tags["dagster.run_id"] == ckpt.run_id
+    assert train_run.data.tags["dagster.run_id"] == _run_id(first, "distilled_checkpoint")
     assert train_run.data.tags["dataset_version"] == meta["dataset_version"]
     # Links for the web UI: the run and the model version on this server.
     assert meta["mlflow_run_url"] == (f"{url}/#/experiments/{train_run.info.experiment_id}"

@@ -166,11 +166,14 @@ def test_backfill_schedule_launches_the_earliest_stale_stage(tmp_path):
     (tmp_path / "dh").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dh")) as instance:
         def tick():
-            context = dg.build_schedule_context(instance=instance,
-                                                repository_def=defs.get_repository_def(),
-                                                resources=dict(defs.resources),
-                                                scheduled_execution_time=datetime.now(UTC))
-            return schedule.evaluate_tick(context)
+            # As a context manager: it enters the instance and must leave it (left to the
+            # garbage collector, the exit would later restore a closed instance in Dagster's
+            # definitions-state context, failing an unrelated test).
+            with dg.build_schedule_context(instance=instance,
+                                           repository_def=defs.get_repository_def(),
+                                           resources=dict(defs.resources),
+                                           scheduled_execution_time=datetime.now(UTC)) as context:
+                return schedule.evaluate_tick(context)
 
         first = tick()
         assert [list(r.asset_selection) for r in first.run_requests] == [
@@ -193,10 +196,10 @@ def test_inbox_sensor_backfills_the_corpus_and_everything_downstream(tmp_path):
         _materialize(defs, instance, "query_corpus")
 
         def tick(cursor=None):
-            context = dg.build_sensor_context(instance=instance, cursor=cursor,
-                                              repository_def=defs.get_repository_def(),
-                                              resources=dict(defs.resources))
-            return sensor.evaluate_tick(context)
+            with dg.build_sensor_context(instance=instance, cursor=cursor,
+                                         repository_def=defs.get_repository_def(),
+                                         resources=dict(defs.resources)) as context:
+                return sensor.evaluate_tick(context)
 
         quiet = tick()
         assert not quiet.run_requests  # nothing new: the corpus is up to date

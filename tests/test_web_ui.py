@@ -223,6 +223,8 @@ def test_eval_report_page_shows_the_verdict_the_plots_and_the_checks(server, pag
 
 def test_the_inbox_sensor_turned_on_in_the_page_ingests_a_dropped_file_like_stale(server, page,
                                                                                   tmp_path):
+    from playwright.sync_api import expect
+
     page.goto(f"{server.url}/automation")
     page.get_by_text("corpus_inbox_sensor", exact=True).first.wait_for()
     for name in ("stale_backfill_schedule", "corpus_inbox_sensor", "distill_automation"):
@@ -234,17 +236,20 @@ def test_the_inbox_sensor_turned_on_in_the_page_ingests_a_dropped_file_like_stal
     row = page.locator(SENSOR_ROW)
     # The switch is a styled checkbox outside Playwright's idea of the viewport: click it as the
     # page's own click handler sees a user's click.
-    row.locator("input[type=checkbox]").last.evaluate("e => e.click()")
-    page.wait_for_timeout(1000)
+    switch = row.locator("input[type=checkbox]").last
+    switch.evaluate("e => e.click()")
+    expect(switch).to_be_checked(timeout=60_000)  # the page confirms the mutation
     page.reload()
     row = page.locator(SENSOR_ROW)
     row.get_by_text("corpus_inbox_sensor").wait_for()
-    assert row.locator("input[type=checkbox]").last.is_checked()
+    expect(row.locator("input[type=checkbox]").last).to_be_checked(timeout=60_000)
+    with server.instance() as instance:  # and the instance has it running
+        states = instance.all_instigator_state()
+        assert any(s.name == "corpus_inbox_sensor" and s.is_running for s in states)
     _shot(page, "09-inbox-sensor-on")
 
-    new = [{"id": f"inbox-{i}", "question": f"Zara has {10 + i} pens and finds {i + 2} more. "
-                                            f"How many pens does Zara have now?",
-            "answer": str(12 + 2 * i)} for i in range(3)]
+    new = [{"prompt": f"Zara has {10 + i} pens and finds {i + 2} more. How many pens does "
+                      f"Zara have now?", "reference_answer": str(12 + 2 * i)} for i in range(3)]
     (server.inbox / "dropped.jsonl").write_text("".join(json.dumps(r) + "\n" for r in new))
     tag = (LAUNCHED_BY, "corpus_inbox_sensor")
     with server.instance() as instance:
@@ -256,7 +261,7 @@ def test_the_inbox_sensor_turned_on_in_the_page_ingests_a_dropped_file_like_stal
         sensor_work = work_done_in_runs(instance, [r.run_id for r in runs])
     queries = Store(server.home / "store").read_table(QUERIES)
     prompts = set(queries["prompt"].to_list())
-    assert all(r["question"] in prompts for r in new)  # ingested, whatever split they landed in
+    assert all(r["prompt"] in prompts for r in new)  # ingested, whatever split they landed in
     page.goto(f"{server.url}/runs")
     page.get_by_text("corpus_inbox_sensor").first.wait_for()
     _shot(page, "10-inbox-runs")
