@@ -179,10 +179,11 @@ def replay_if_up_to_date(stage: Stage, context: dg.AssetExecutionContext,
 def run_stage(stage: Stage, context: dg.AssetExecutionContext, project: ProjectResource,
               store: StoreResource, runtime: RuntimeResource) -> dg.MaterializeResult:
     """The body of every stage asset."""
-    replayed = replay_if_up_to_date(stage, context, project.load())
+    config = project.load()
+    replayed = replay_if_up_to_date(stage, context, config)
     if replayed is not None:
         return replayed
-    ctx = StageContext(project=project.load(), store=store.store(), home=Path(store.home),
+    ctx = StageContext(project=config, store=store.store(), home=Path(store.home),
                        device=runtime.device, dtype=runtime.dtype,
                        show_progress=runtime.show_progress,
                        partition=context.partition_key if context.has_partition_key else None,

@@ -120,17 +120,17 @@ def test_the_student_is_logged_registered_and_tagged_with_its_eval_metrics(tiny_
     assert float(tags["eval.gain/pass_at_1"]) == pytest.approx(report["gain/pass@1"], abs=1e-5)
     assert report["mlflow_model_version_url"] == meta["mlflow_model_version_url"]
     # The registered model is a loadable transformers model with a text signature.
-    mlflow.set_registry_uri(url)
-    model_info = mlflow.models.get_model_info("models:/tiny-student/1")
-    assert "transformers" in model_info.flavors
-    assert model_info.signature.inputs.input_types()[0].name == "string"
     before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(url)
+    mlflow.set_tracking_uri(url)  # models:/ URIs resolve through the server's registry
     try:
+        model_info = mlflow.models.get_model_info("models:/tiny-student/1")
         components = mlflow.transformers.load_model("models:/tiny-student/1",
                                                     return_type="components")
     finally:
         mlflow.set_tracking_uri(before)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    assert "transformers" in model_info.flavors
+    assert model_info.signature.inputs.input_types()[0].name == "string"
     assert {"model", "tokenizer"} <= set(components)
     # A rerun reuses the checkpoint and logs no second version.
     assert _materialization(again, "distilled_checkpoint").materialization.metadata[

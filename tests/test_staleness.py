@@ -187,7 +187,8 @@ def test_materializing_everything_recomputes_exactly_what_stale_does(base, scena
     web UI, a backfill or the schedule launch) checks each step as `--stale` does, so after an
     edit it does the same work; the steps that are up to date re-emit their last
     materialization with zero work, their checks included."""
-    from distill_dag.assets.stage_asset import UP_TO_DATE
+    from distill_dag.assets.stage_asset import FORCE_TAG, UP_TO_DATE
+    from distill_dag.orchestration.dagster_internals import instance_scope
     from distill_dag.orchestration.definitions import materialize_all
     from distill_dag.orchestration.stale import work_done
 
@@ -206,6 +207,14 @@ def test_materializing_everything_recomputes_exactly_what_stale_does(base, scena
         replayed = sorted(m.asset_key.to_user_string() for m in events if UP_TO_DATE in m.metadata)
         # Again: now every step is up to date.
         again = materialize_all(defs, instance, log_level="WARNING")
+        # The force tag runs a stage although it is up to date (its memoized work is reused).
+        with instance_scope(instance):
+            forced = dg.materialize(list(defs.assets), selection=["eval_report"],
+                                    instance=instance, resources=defs.resources,
+                                    tags={FORCE_TAG: "true"})
+    [event] = forced.get_asset_materialization_events()
+    assert UP_TO_DATE not in event.materialization.metadata
+    assert event.materialization.metadata["work/eval_generations"].value == 0
     nonzero = {k: v for k, v in work_done(results).items() if v}
     assert nonzero == {k: v for k, v in stale.work.items() if v}
     assert replayed == sorted(["query_corpus", "teacher_outputs", "teacher_outputs",

@@ -270,5 +270,7 @@ def test_the_inbox_sensor_turned_on_in_the_page_ingests_a_dropped_file_like_stal
     defs = build_definitions(server.config, home=str(twin), device="cpu", show_progress=False)
     with dg.DagsterInstance.from_config(str(twin / "dagster")) as instance:
         stale = materialize_stale(defs, instance)
-    assert stale.work == sensor_work, (stale.work, sensor_work)
-    assert sensor_work.get("samples_generated", 0) > 0  # the new queries were generated ...
+    # Steps found up to date report their counters as 0: compare the work that was done.
+    done = {k: v for k, v in sensor_work.items() if v}
+    assert done == {k: v for k, v in stale.work.items() if v}, (stale.work, sensor_work)
+    assert done.get("samples_generated", 0) > 0  # the new queries were generated
